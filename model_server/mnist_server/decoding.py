@@ -1,0 +1,180 @@
+"""Turning request payloads into a validated ``(n, 28, 28)`` float32 batch, shared by all protocols.
+
+JSON arrays go through one ``np.asarray`` (C speed, no per-element Python), then NumPy's own
+dtype and shape say what is wrong. Every failure is a 4xx ``ApiError`` that names the field and
+the problem; nothing here may raise anything else for any input.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mnist_server.errors import InvalidInputError, Reason, TooLargeError
+from mnist_server.model import Images
+from mnist_server.repository import IMAGE_SHAPE
+
+IMAGE_FORMATS = ("PNG", "JPEG")
+# Checked from the header before decoding: a small PNG can declare a huge canvas.
+MAX_IMAGE_PIXELS = 4096 * 4096
+_EXPECTED = "[28, 28] (one image) or [n, 28, 28] (a batch)"
+
+
+@dataclass(frozen=True)
+class JsonBody:
+    value: Any
+    # NumPy silently promotes booleans mixed with numbers to 0/1; only a body that spells
+    # `true`/`false` somewhere needs the slower per-element check, so the common case stays fast.
+    mentions_booleans: bool
+
+
+@dataclass(frozen=True)
+class Batch:
+    images: Images
+    single: bool  # the request held one bare image rather than a list of them
+
+
+def parse_json(raw: bytes) -> JsonBody:
+    if not raw.strip():
+        raise InvalidInputError("request body is empty; expected a JSON object", Reason.INVALID_JSON)
+    try:
+        text = raw.decode(json.detect_encoding(raw))
+        value = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInputError(f"request body is not valid JSON: {exc}", Reason.INVALID_JSON) from None
+    except RecursionError:
+        raise InvalidInputError(
+            "request body is not valid JSON: nested too deeply", Reason.INVALID_JSON
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidInputError(
+            f"request body must be a JSON object, got a JSON {_json_type(value)}", Reason.INVALID_JSON
+        )
+    return JsonBody(value, mentions_booleans="true" in text or "false" in text)
+
+
+def require(body: dict[str, Any], field: str, hint: str) -> Any:
+    if field not in body:
+        raise InvalidInputError(f"request body has no {field!r} field; {hint}", Reason.MISSING_FIELD)
+    return body[field]
+
+
+def numeric_array(value: Any, field: str, check_booleans: bool) -> npt.NDArray[Any]:
+    """``value`` as a rectangular numeric array (any shape), or a 400 saying what it holds instead."""
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        # NumPy's message ("inhomogeneous shape after 2 dimensions") is accurate but cryptic.
+        raise InvalidInputError(
+            f"{field} is ragged: every image must be 28 rows of 28 numbers", Reason.WRONG_SHAPE
+        ) from None
+    kind = array.dtype.kind
+    if kind == "b" or (kind in "iuf" and check_booleans and _holds_booleans(array, value)):
+        raise InvalidInputError(
+            f"{field} holds booleans; pixels must be numbers in [0, 1]", Reason.WRONG_DTYPE
+        )
+    if kind in "US":
+        raise InvalidInputError(
+            f"{field} holds strings; pixels must be numbers in [0, 1]", Reason.WRONG_DTYPE
+        )
+    if kind not in "iuf":
+        raise InvalidInputError(
+            f"{field} holds null, objects or numbers too large; pixels must be numbers in [0, 1]",
+            Reason.WRONG_DTYPE,
+        )
+    return array
+
+
+def check_images(array: npt.NDArray[Any], field: str, max_batch: int, expected: str = _EXPECTED) -> Images:
+    """Validate an ``(n, 28, 28)`` numeric array (shape, batch size, finiteness, range) → float32."""
+    if array.ndim >= 1 and array.shape[0] == 0:
+        raise InvalidInputError(
+            f"{field} is an empty batch; send at least one 28x28 image", Reason.EMPTY_BATCH
+        )
+    if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE:
+        raise InvalidInputError(
+            f"{field} has shape {list(array.shape)}; expected {expected}", Reason.WRONG_SHAPE
+        )
+    if array.shape[0] > max_batch:
+        raise TooLargeError(
+            f"{field} holds {array.shape[0]} images; at most {max_batch} are accepted per request",
+            Reason.BATCH_TOO_LARGE,
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInputError(
+            f"{field} holds NaN or Infinity; pixels must be numbers in [0, 1]", Reason.NON_FINITE
+        )
+    low, high = array.min(), array.max()
+    if low < 0 or high > 1:
+        raise InvalidInputError(
+            f"{field} values must be in [0, 1] (scale 0-255 pixels by 1/255); got min {low:g}, max {high:g}",
+            Reason.OUT_OF_RANGE,
+        )
+    return array.astype(np.float32, copy=False)
+
+
+def images_from_json(value: Any, field: str, max_batch: int, check_booleans: bool) -> Batch:
+    """One ``[28][28]`` image or a ``[n][28][28]`` batch (``field`` names it in errors)."""
+    array = numeric_array(value, field, check_booleans)
+    single = array.ndim == 2
+    return Batch(check_images(array[np.newaxis] if single else array, field, max_batch), single)
+
+
+def images_from_upload(data: bytes) -> Images:
+    """A PNG/JPEG as one MNIST-like ``(1, 28, 28)`` image.
+
+    MNIST digits are light strokes on a black background. Grayscale, with transparent pixels
+    taken as white paper; an image that is mostly light (a dark digit on paper) is inverted;
+    then it is padded to a square with black, keeping its aspect ratio, and resized to 28x28.
+    """
+    from PIL import Image, ImageOps, ImageStat
+
+    if not data:
+        raise InvalidInputError("the uploaded image is empty", Reason.BAD_IMAGE)
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise InvalidInputError(
+                    f"image is {image.width}x{image.height} pixels; at most {MAX_IMAGE_PIXELS} pixels "
+                    "are accepted",
+                    Reason.BAD_IMAGE,
+                )
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            if oriented.mode in ("RGBA", "LA", "PA") or "transparency" in oriented.info:
+                rgba = oriented.convert("RGBA")
+                oriented = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+            gray = oriented.convert("L")
+    except InvalidInputError:
+        raise
+    except Exception as exc:
+        # Pillow signals corrupt or truncated data with many exception types (OSError,
+        # SyntaxError, ValueError, struct.error, DecompressionBombError ...): all mean "bad image".
+        raise InvalidInputError(
+            f"could not decode the image as {' or '.join(IMAGE_FORMATS)}: {exc}", Reason.BAD_IMAGE
+        ) from None
+    if ImageStat.Stat(gray).mean[0] > 127.5:
+        gray = ImageOps.invert(gray)
+    square = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=0)
+    pixels = np.asarray(square, dtype=np.float32) / np.float32(255.0)
+    return pixels[np.newaxis]
+
+
+def _holds_booleans(array: npt.NDArray[Any], value: Any) -> bool:
+    if array.size == 0:
+        return False
+    objects = np.asarray(value, dtype=object)
+    return bool(_IS_BOOL(objects).any())
+
+
+_IS_BOOL = np.frompyfunc(lambda item: item.__class__ is bool, 1, 1)
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -1,0 +1,80 @@
+"""Errors that carry their HTTP status and a machine-readable reason.
+
+Routes and decoders raise these; the app maps them to a JSON body in one place
+(``{"error": <message>, "reason": <reason>}``) and counts them by reason. Reasons are a closed
+set so the errors metric keeps bounded labels.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    INVALID_JSON = "invalid_json"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    MISSING_FIELD = "missing_field"
+    WRONG_SHAPE = "wrong_shape"
+    WRONG_DTYPE = "wrong_dtype"
+    NON_FINITE = "non_finite"
+    OUT_OF_RANGE = "out_of_range"
+    EMPTY_BATCH = "empty_batch"
+    BATCH_TOO_LARGE = "batch_too_large"
+    BODY_TOO_LARGE = "body_too_large"
+    BAD_IMAGE = "bad_image"
+    BAD_REQUEST = "bad_request"
+    MODEL_NOT_FOUND = "model_not_found"
+    VERSION_NOT_FOUND = "version_not_found"
+    ROUTE_NOT_FOUND = "route_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_READY = "not_ready"
+    LOAD_FAILED = "load_failed"
+    INTERNAL = "internal"
+
+
+class ApiError(Exception):
+    """An error a client sees: ``status`` is the HTTP status, ``reason`` the metric label."""
+
+    status = 500
+    default_reason = Reason.INTERNAL
+
+    def __init__(self, message: str, reason: Reason | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+
+
+class InvalidInputError(ApiError):
+    """The request body is well-formed HTTP but not a valid input; ``reason`` says how."""
+
+    status = 400
+    default_reason = Reason.BAD_REQUEST
+
+
+class UnsupportedMediaTypeError(ApiError):
+    status = 415
+    default_reason = Reason.UNSUPPORTED_MEDIA_TYPE
+
+
+class TooLargeError(ApiError):
+    status = 413
+    default_reason = Reason.BODY_TOO_LARGE
+
+
+class NotFoundError(ApiError):
+    status = 404
+    default_reason = Reason.ROUTE_NOT_FOUND
+
+
+class MethodNotAllowedError(ApiError):
+    status = 405
+    default_reason = Reason.METHOD_NOT_ALLOWED
+
+
+class NotReadyError(ApiError):
+    status = 503
+    default_reason = Reason.NOT_READY
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded or failed its warm-up prediction (not a client error)."""

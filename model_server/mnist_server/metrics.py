@@ -1,0 +1,106 @@
+"""The server's Prometheus metrics: few, with units in their names and bounded labels.
+
+Metrics are registered on the registry passed in (a fresh one per test). Under gunicorn with
+several workers, prometheus_client's multiprocess mode stores every worker's values in files
+under ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` serves their aggregate
+(see ``exposition_registry``); that mode must be chosen before prometheus_client is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from mnist_server.errors import Reason
+from mnist_server.repository import NUM_CLASSES
+
+PREFIX = "mnist_server_"
+# Label value for requests that matched no route: keeps the endpoint label bounded.
+UNMATCHED = "unmatched"
+
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry, model_name: str, model_version: str) -> None:
+        self.requests = Counter(
+            PREFIX + "requests",
+            "HTTP requests answered, by route template and status class.",
+            ["endpoint", "status_class"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Time to answer an HTTP request, by route template and status class.",
+            ["endpoint", "status_class"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.inference_duration = Histogram(
+            PREFIX + "inference_duration_seconds",
+            "Time the model took for one batch (one request).",
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            PREFIX + "inference_batch_size",
+            "Images per model call.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            PREFIX + "predictions",
+            "Images classified, by predicted digit.",
+            ["digit"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            PREFIX + "errors",
+            "Error responses, by machine-readable reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            PREFIX + "model_info",
+            "The model this server serves (always 1).",
+            ["model_name", "model_version"],
+            registry=registry,
+            # Across workers: one series per model version, gone when its worker is gone.
+            multiprocess_mode="livemax",
+        )
+        # Zero series from the start, so rate() and alerts see them before the first event.
+        for digit in range(NUM_CLASSES):
+            self.predictions.labels(digit=str(digit))
+        for reason in Reason:
+            self.errors.labels(reason=reason.value)
+        self.model_info.labels(model_name=model_name, model_version=model_version).set(1)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        status_class = f"{status // 100}xx"
+        self.requests.labels(endpoint=endpoint, status_class=status_class).inc()
+        self.request_duration.labels(endpoint=endpoint, status_class=status_class).observe(seconds)
+
+    def observe_inference(self, digits: npt.NDArray[np.intp], seconds: float) -> None:
+        self.inference_duration.observe(seconds)
+        self.batch_size.observe(len(digits))
+        for digit, count in enumerate(np.bincount(digits, minlength=NUM_CLASSES)):
+            if count:
+                self.predictions.labels(digit=str(digit)).inc(int(count))
+
+    def observe_error(self, reason: Reason) -> None:
+        self.errors.labels(reason=reason.value).inc()
+
+
+def exposition_registry(registry: CollectorRegistry, multiprocess_dir: Path | None) -> CollectorRegistry:
+    """What ``/metrics`` serves: the registry itself, or every worker's files aggregated."""
+    if multiprocess_dir is None:
+        return registry
+    aggregate = CollectorRegistry()
+    MultiProcessCollector(aggregate, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
+    return aggregate

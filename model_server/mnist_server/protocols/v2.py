@@ -1,0 +1,121 @@
+"""Open Inference Protocol v2 (KServe, Triton, MLServer), JSON over REST.
+
+The model has one input (``images``: FP32 ``[-1, 28, 28]``) and one output (``probabilities``:
+FP32 ``[-1, 10]``). Requests may send FP32 or FP64 data, flat (row-major) or nested; the input's
+name is not checked, since there is only one. The binary-data extension is not supported.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from mnist_server.decoding import JsonBody, check_images, numeric_array, require
+from mnist_server.errors import InvalidInputError, Reason
+from mnist_server.model import Images, Model, Probabilities
+from mnist_server.repository import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+
+SERVER_NAME = "mnist-server"
+ACCEPTED_DATATYPES = ("FP32", "FP64")
+_EXPECTED_SHAPE = f"[n, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}]"
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str
+    images: Images
+
+
+def server_metadata(server_version: str) -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": server_version, "extensions": []}
+
+
+def model_metadata(model: Model) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": model.platform,
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *IMAGE_SHAPE]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, NUM_CLASSES]}],
+    }
+
+
+def parse_infer_request(body: JsonBody, max_batch: int) -> InferRequest:
+    request_id = body.value.get("id")
+    if request_id is None:
+        request_id = str(uuid.uuid4())
+    elif not isinstance(request_id, str):
+        raise InvalidInputError("'id' must be a string", Reason.BAD_REQUEST)
+    _check_requested_outputs(body.value.get("outputs"))
+    inputs = require(body.value, "inputs", 'send {"inputs": [{"name", "shape", "datatype", "data"}]}')
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInputError(
+            f"'inputs' must be a list of exactly one tensor object (the model has one input, {INPUT_NAME!r})",
+            Reason.WRONG_SHAPE,
+        )
+    tensor: dict[str, Any] = inputs[0]
+    for field in ("name", "shape", "datatype", "data"):
+        require(tensor, field, f"each input needs name, shape, datatype and data; {field!r} is missing")
+    datatype = tensor["datatype"]
+    if datatype not in ACCEPTED_DATATYPES:
+        raise InvalidInputError(
+            f"inputs[0].datatype {datatype!r} is not supported; send {' or '.join(ACCEPTED_DATATYPES)}",
+            Reason.WRONG_DTYPE,
+        )
+    shape = _shape(tensor["shape"])
+    array = numeric_array(tensor["data"], "inputs[0].data", body.mentions_booleans)
+    needed = math.prod(shape)
+    if array.size != needed:
+        raise InvalidInputError(
+            f"inputs[0].data holds {array.size} values but shape {shape} needs {needed}", Reason.WRONG_SHAPE
+        )
+    images = check_images(array.reshape(shape), "inputs[0]", max_batch, expected=_EXPECTED_SHAPE)
+    return InferRequest(id=request_id, images=images)
+
+
+def infer_response(model: Model, request_id: str, probabilities: Probabilities) -> dict[str, Any]:
+    return {
+        "model_name": model.name,
+        "model_version": model.version,
+        "id": request_id,
+        "outputs": [
+            {
+                "name": OUTPUT_NAME,
+                "shape": list(probabilities.shape),
+                "datatype": "FP32",
+                "data": probabilities.ravel().tolist(),
+            }
+        ],
+    }
+
+
+def _shape(value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise InvalidInputError(
+            f"inputs[0].shape must be a list of integers, got {value!r:.80}", Reason.WRONG_SHAPE
+        )
+    if len(value) != 1 + len(IMAGE_SHAPE) or tuple(value[1:]) != IMAGE_SHAPE or value[0] < 0:
+        raise InvalidInputError(
+            f"inputs[0].shape {value} is not supported; expected {_EXPECTED_SHAPE}", Reason.WRONG_SHAPE
+        )
+    return value
+
+
+def _check_requested_outputs(outputs: Any) -> None:
+    if outputs is None:
+        return
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise InvalidInputError("'outputs' must be a list of objects with a 'name'", Reason.BAD_REQUEST)
+    for output in outputs:
+        if output.get("name") != OUTPUT_NAME:
+            raise InvalidInputError(
+                f"unknown output {output.get('name')!r}; the model has one output, {OUTPUT_NAME!r}",
+                Reason.BAD_REQUEST,
+            )
+        parameters = output.get("parameters") or {}
+        if isinstance(parameters, dict) and parameters.get("binary_data"):
+            raise InvalidInputError(
+                "the binary data extension is not supported; omit binary_data", Reason.BAD_REQUEST
+            )

@@ -1,0 +1,112 @@
+"""Running the app under gunicorn: WORKERS processes x THREADS threads (the ``gthread`` worker).
+
+The master process never imports TensorFlow (it is not fork-safe and costs ~500 MB): each worker
+builds its own app after the fork and loads the model in a background thread, so ``/healthz``
+answers at once and ``/readyz`` turns 200 when the model has loaded and answered a warm-up.
+
+With more than one worker, metrics use prometheus_client's multiprocess mode: each worker
+writes its values to files in a fresh directory, ``/metrics`` (served by any worker) aggregates
+them, and the master marks a worker's live gauges dead when the worker exits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gunicorn.app.base import BaseApplication
+
+from mnist_server.repository import ModelVersion
+from mnist_server.settings import Settings
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# gunicorn's worker heartbeat is a file it fchmods every second; on a disk-backed overlay that
+# can block, so use memory where it exists (as gunicorn's docs advise for containers).
+SHM = Path("/dev/shm")
+
+
+class ServerApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
+    def __init__(
+        self, settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None
+    ) -> None:
+        self.settings = settings
+        self.model_version = model_version
+        self.multiprocess_dir = multiprocess_dir
+        super().__init__(prog="mnist-server")
+
+    def load_config(self) -> None:
+        s = self.settings
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        options: dict[str, Any] = {
+            "bind": [f"{host}:{s.port}"],
+            "worker_class": "gthread",
+            "workers": s.workers,
+            "threads": s.threads,
+            "timeout": s.timeout,
+            "graceful_timeout": s.graceful_timeout,
+            "loglevel": s.log_level,
+            "errorlog": "-",
+            "accesslog": None,
+            "preload_app": False,  # load in each worker, after the fork
+            "proc_name": "mnist-server",
+            "control_socket_disable": True,  # would otherwise create a socket under $HOME
+            "worker_tmp_dir": str(SHM) if SHM.is_dir() else None,
+            "child_exit": _child_exit,
+            "on_exit": _on_exit,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return build_worker_app(self.settings, self.model_version, self.multiprocess_dir)
+
+
+def build_worker_app(settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None) -> Flask:
+    from prometheus_client import CollectorRegistry
+
+    from mnist_server.app import create_app
+    from mnist_server.model import SavedModel, load_in_background
+
+    model = SavedModel(model_version)
+    app = create_app(settings, model, CollectorRegistry(), multiprocess_dir=multiprocess_dir)
+    load_in_background(model)
+    return app
+
+
+def prepare_metrics_mode(workers: int) -> Path | None:
+    """Choose prometheus_client's mode (it reads the environment once, on import)."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess mode was chosen")
+    if workers == 1:
+        # A stray value from the environment would switch a single process into file mode.
+        os.environ.pop(MULTIPROC_ENV, None)
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="mnist-server-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def serve(settings: Settings, model_version: ModelVersion) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    multiprocess_dir = prepare_metrics_mode(settings.workers)
+    ServerApplication(settings, model_version, multiprocess_dir).run()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def _on_exit(server: Any) -> None:
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory and Path(directory).name.startswith("mnist-server-metrics-"):
+        shutil.rmtree(directory, ignore_errors=True)

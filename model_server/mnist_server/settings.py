@@ -1,0 +1,141 @@
+"""Server settings, read once per process from ``MNIST_SERVER_*`` environment variables.
+
+One table (``VARIABLES``) is the single source for parsing, defaults, ``mnist-server --help``
+and the settings table in docs/server.md, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnist_server.repository import NAME_PATTERN, VERSION_PATTERN
+
+PREFIX = "MNIST_SERVER_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the variable and the value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_root: Path = Path("/models")
+    model_name: str = "mnist"
+    # None: the newest complete version in the repository, resolved once at start-up.
+    model_version: str | None = None
+    host: str = "0.0.0.0"  # a container must listen on its pod IP, not only on loopback
+    port: int = 8080
+    workers: int = 1
+    threads: int = 8
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 128
+    log_level: str = "info"
+    timeout: int = 60
+    graceful_timeout: int = 25
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        values: dict[str, Any] = {}
+        for var in VARIABLES:
+            raw = env.get(var.env_name)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[var.field] = var.parse(raw.strip())
+            except ValueError as exc:
+                raise SettingsError(f"{var.env_name}={raw!r}: {exc}") from None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Variable:
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def env_name(self) -> str:
+        return PREFIX + self.field.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+    @property
+    def default(self) -> Any:
+        return _DEFAULTS[self.field]
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("not an integer") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _model_name(raw: str) -> str:
+    if not NAME_PATTERN.match(raw):
+        raise ValueError("must be lowercase letters, digits, '.' or '-' (at most 63)")
+    return raw
+
+
+def _model_version(raw: str) -> str | None:
+    if raw == "latest":
+        return None
+    if not VERSION_PATTERN.match(raw):
+        raise ValueError("must be 'latest' or lowercase letters, digits, '.' or '-' (at most 63)")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _host(raw: str) -> str:
+    if any(ch.isspace() or ch == "/" for ch in raw):
+        raise ValueError("must be an IP address or host name")
+    return raw
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("model_root", Path, "directory of the model repository (<root>/<name>/<version>/)"),
+    Variable("model_name", _model_name, "model to serve: a directory under the model root"),
+    Variable("model_version", _model_version, "version to serve; unset or 'latest': the newest complete one"),
+    Variable("host", _host, "address to listen on"),
+    Variable("port", _int_in(1, 65535), "TCP port to listen on"),
+    Variable(
+        "workers", _int_in(1, 64), "worker processes; each holds its own copy of TensorFlow and the model"
+    ),
+    Variable("threads", _int_in(1, 256), "request threads per worker process"),
+    Variable("max_body_bytes", _int_in(1024, 1024**3), "largest request body accepted (413 above)"),
+    Variable("max_batch", _int_in(1, 100_000), "most images accepted in one request (413 above)"),
+    Variable("log_level", _log_level, "one of " + ", ".join(LOG_LEVELS)),
+    Variable("timeout", _int_in(1, 3600), "seconds a worker may stay silent before it is restarted"),
+    Variable("graceful_timeout", _int_in(0, 3600), "seconds to finish in-flight requests after SIGTERM"),
+)
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """``MNIST_SERVER_*`` names that no setting reads: most likely typos worth a warning."""
+    known = {var.env_name for var in VARIABLES}
+    return sorted(name for name in env if name.startswith(PREFIX) and name not in known)
+
+
+def format_default(value: Any) -> str:
+    return "newest complete version" if value is None else str(value)
