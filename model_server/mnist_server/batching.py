@@ -1,0 +1,251 @@
+"""Dynamic micro-batching: many request threads share one model call.
+
+Why: a model call has a fixed cost (framework dispatch, thread hand-offs, memory set-up) that
+dwarfs the arithmetic for one 28x28 image; the same call on 64 images costs barely more than on
+one. Request threads therefore hand their images to one batching thread, which runs the model
+once for everything that is waiting and hands each caller back its own rows.
+
+Batching is greedy: the thread takes what is queued the moment it is free, so a lone request is
+never held back, and under load batches grow by themselves while the previous batch runs.
+``max_wait_s`` (default 0) can additionally hold an incomplete batch open for more arrivals.
+
+A request larger than ``max_batch_size`` is split into chunks that may ride in different
+batches; its answer is reassembled in order. A failing model call fails only the callers whose
+images were in that batch; a caller that gives up (timeout) has its queued chunks dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+PredictFn = Callable[[FloatArray], FloatArray]
+# Called once per model call with (images in the batch, seconds the call took).
+BatchObserver = Callable[[int, float], None]
+
+
+class BatchingError(Exception):
+    """The batcher could not get an answer for a request (the message says why)."""
+
+
+class BatcherOverloadedError(BatchingError):
+    """Too many images are already waiting: shed load instead of queueing without bound."""
+
+
+class BatcherClosedError(BatchingError):
+    """The batcher is shutting down and takes no more work."""
+
+
+class BatchTimeoutError(BatchingError):
+    """The answer did not arrive in time (a slow batch, or a long queue ahead of it)."""
+
+
+class BatchOutputError(BatchingError):
+    """The model returned a different number of rows than it was given images."""
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 64
+    max_wait_s: float = 0.0
+    # Bounds memory and queueing delay; a single request larger than this is still accepted
+    # when nothing else is waiting, so no request size is refused outright.
+    max_queue_images: int = 4096
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
+        if not 0.0 <= self.max_wait_s <= 10.0:
+            raise ValueError(f"max_wait_s must be within [0, 10] seconds, got {self.max_wait_s}")
+        if self.max_queue_images < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_images ({self.max_queue_images}) must be at least max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+
+
+@dataclass(eq=False)
+class _Chunk:
+    images: FloatArray
+    enqueued: float
+    future: Future[FloatArray] = field(default_factory=Future)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[0])
+
+
+class MicroBatcher:
+    """Run ``predict`` on batches gathered from concurrent :meth:`predict` callers.
+
+    ``predict`` maps float32 ``[n, ...]`` to ``[n, ...]`` row by row. The batching thread starts
+    on first use, so a batcher built before a pre-fork server forks its workers is safe as long
+    as nothing was submitted before the fork.
+    """
+
+    def __init__(
+        self,
+        predict: PredictFn,
+        config: BatchingConfig | None = None,
+        on_batch: BatchObserver | None = None,
+        name: str = "micro-batcher",
+    ) -> None:
+        self._predict = predict
+        self.config = config or BatchingConfig()
+        self._on_batch = on_batch
+        self._name = name
+        self._cond = threading.Condition()
+        self._queue: deque[_Chunk] = deque()
+        self._queued_images = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # --- request side ---------------------------------------------------------------------
+
+    def predict(self, images: FloatArray, timeout_s: float | None = None) -> FloatArray:
+        """Rows of ``predict(images)``, computed within shared batches; blocks the caller."""
+        futures = self.submit(images)
+        timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        parts = []
+        try:
+            for future in futures:
+                parts.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+        except FutureTimeout:
+            for future in futures:
+                future.cancel()  # chunks still queued are dropped, not computed for nobody
+            raise BatchTimeoutError(f"no answer for {images.shape[0]} image(s) in {timeout_s:g} s") from None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def submit(self, images: FloatArray) -> list[Future[FloatArray]]:
+        """Queue ``images`` (split into chunks of at most ``max_batch_size``); one future per chunk."""
+        count = int(images.shape[0])
+        if count == 0:
+            raise ValueError("no images to predict")
+        limit = self.config.max_batch_size
+        now = time.monotonic()
+        chunks = [_Chunk(images[start : start + limit], now) for start in range(0, count, limit)]
+        with self._cond:
+            if self._closed:
+                raise BatcherClosedError("the model server is shutting down")
+            if self._queued_images and self._queued_images + count > self.config.max_queue_images:
+                raise BatcherOverloadedError(
+                    f"{self._queued_images} images are already waiting for the model "
+                    f"(limit {self.config.max_queue_images}); retry later"
+                )
+            self._start_locked()
+            self._queue.extend(chunks)
+            self._queued_images += count
+            self._cond.notify()
+        return [chunk.future for chunk in chunks]
+
+    @property
+    def queued_images(self) -> int:
+        with self._cond:
+            return self._queued_images
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Refuse new work, let queued work finish (up to ``timeout_s``), fail what is left."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)
+        with self._cond:
+            while self._queue:
+                chunk = self._queue.popleft()
+                if chunk.future.set_running_or_notify_cancel():
+                    chunk.future.set_exception(BatcherClosedError("the model server shut down first"))
+            self._queued_images = 0
+
+    def _start_locked(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    # --- batching thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            if batch:
+                self._execute(batch)
+
+    def _next_batch(self) -> list[_Chunk] | None:
+        """The next batch to run; None once closed and drained; [] if all taken were cancelled."""
+        limit = self.config.max_batch_size
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            batch: list[_Chunk] = []
+            size = self._take_locked(batch, 0, limit)
+            if self.config.max_wait_s > 0 and size < limit:
+                deadline = (batch[0].enqueued if batch else time.monotonic()) + self.config.max_wait_s
+                while size < limit and not self._closed:
+                    if self._queue:
+                        before = size
+                        size = self._take_locked(batch, size, limit)
+                        if size == before and self._queue:
+                            break  # the next chunk does not fit: run what we have
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            return batch
+
+    def _take_locked(self, batch: list[_Chunk], size: int, limit: int) -> int:
+        while self._queue and size + self._queue[0].size <= limit:
+            chunk = self._queue.popleft()
+            self._queued_images -= chunk.size
+            # Marks the future running; False means its caller gave up, so skip the work.
+            if chunk.future.set_running_or_notify_cancel():
+                batch.append(chunk)
+                size += chunk.size
+        return size
+
+    def _execute(self, batch: list[_Chunk]) -> None:
+        images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
+        started = time.perf_counter()
+        try:
+            output = self._predict(images)
+            if output.shape[0] != images.shape[0]:
+                raise BatchOutputError(
+                    f"the model returned {output.shape[0]} rows for a batch of {images.shape[0]} images"
+                )
+        except Exception as exc:
+            for chunk in batch:
+                chunk.future.set_exception(exc)
+            return
+        finally:
+            if self._on_batch is not None:
+                self._on_batch(int(images.shape[0]), time.perf_counter() - started)
+        offset = 0
+        for chunk in batch:
+            chunk.future.set_result(output[offset : offset + chunk.size])
+            offset += chunk.size
+
+
+__all__ = [
+    "BatchOutputError",
+    "BatchTimeoutError",
+    "BatcherClosedError",
+    "BatcherOverloadedError",
+    "BatchingConfig",
+    "BatchingError",
+    "MicroBatcher",
+]

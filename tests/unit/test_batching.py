@@ -1,0 +1,277 @@
+"""The micro-batcher: answers never mix, large requests split, failures stay in their batch.
+
+The fake model returns, for each image, the id written into its first pixel, so any mix-up of
+rows between callers shows as a wrong id. Batch composition is made deterministic by a gate: the
+first batch blocks inside the model until the test has queued everything it wants batched next.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from mnist_server.batching import (
+    BatcherClosedError,
+    BatcherOverloadedError,
+    BatchingConfig,
+    BatchOutputError,
+    BatchTimeoutError,
+    MicroBatcher,
+)
+
+WAIT = 10.0  # generous deadline for anything that should happen promptly
+
+
+def images_with_ids(ids: list[int]) -> np.ndarray:
+    images = np.zeros((len(ids), 28, 28), dtype=np.float32)
+    images[:, 0, 0] = ids
+    return images
+
+
+class FakeModel:
+    """Echo each image's id; record batch sizes; optionally block or fail on marked images."""
+
+    POISON = -1.0
+    GATE = -2.0
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.entered_gate = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        ids = images[:, 0, 0]
+        with self.lock:
+            self.batches.append([int(i) for i in ids])
+        if (ids == self.GATE).any():
+            self.entered_gate.set()
+            assert self.gate.wait(WAIT), "the test never opened the gate"
+        if (ids == self.POISON).any():
+            raise RuntimeError("poisoned batch")
+        return np.stack([ids, ids * 2], axis=1)
+
+    def sizes(self) -> list[int]:
+        return [len(batch) for batch in self.batches]
+
+
+def wait_until_queued(batcher: MicroBatcher, count: int) -> None:
+    deadline = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        if batcher.queued_images >= count:
+            return
+        deadline.wait(0.01)
+    raise AssertionError(f"only {batcher.queued_images} of {count} images were queued in time")
+
+
+@pytest.fixture
+def model() -> FakeModel:
+    return FakeModel()
+
+
+def hold_batcher(batcher: MicroBatcher, model: FakeModel) -> list[object]:
+    """Occupy the batching thread with a gate batch; the returned futures belong to that batch."""
+    futures: list[object] = list(batcher.submit(images_with_ids([int(FakeModel.GATE)])))
+    assert model.entered_gate.wait(WAIT)
+    return futures
+
+
+def test_concurrent_requests_each_get_their_own_answer(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=16))
+    try:
+        hold_batcher(batcher, model)
+        ids = list(range(1, 41))
+        with ThreadPoolExecutor(max_workers=len(ids)) as pool:
+            results = [pool.submit(batcher.predict, images_with_ids([i]), WAIT) for i in ids]
+            wait_until_queued(batcher, len(ids))
+            model.gate.set()
+            answers = [r.result(WAIT) for r in results]
+        for request_id, answer in zip(ids, answers, strict=True):
+            np.testing.assert_array_equal(answer, [[request_id, 2 * request_id]])
+        # After the gate batch, the 40 queued requests ran as full batches of 16, 16 and 8.
+        assert model.sizes() == [1, 16, 16, 8]
+    finally:
+        batcher.close()
+
+
+def test_multi_image_requests_keep_their_rows_in_order(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=32))
+    try:
+        hold_batcher(batcher, model)
+        requests = [list(range(100 * k, 100 * k + n)) for k, n in enumerate([3, 1, 7, 5, 2], start=1)]
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            results = [pool.submit(batcher.predict, images_with_ids(ids), WAIT) for ids in requests]
+            wait_until_queued(batcher, sum(map(len, requests)))
+            model.gate.set()
+            for ids, result in zip(requests, results, strict=True):
+                np.testing.assert_array_equal(result.result(WAIT)[:, 0], ids)
+        assert model.sizes() == [1, 18]
+    finally:
+        batcher.close()
+
+
+def test_request_larger_than_max_batch_is_split(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4))
+    try:
+        answer = batcher.predict(images_with_ids(list(range(1, 11))), WAIT)
+        np.testing.assert_array_equal(answer[:, 0], list(range(1, 11)))
+        assert answer.shape == (10, 2)
+        assert model.batches == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    finally:
+        batcher.close()
+
+
+def test_split_chunks_share_batches_with_other_requests(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4))
+    try:
+        hold_batcher(batcher, model)
+        big = batcher.submit(images_with_ids([1, 2, 3, 4, 5, 6]))  # chunks [1..4], [5, 6]
+        small = batcher.submit(images_with_ids([7, 8]))
+        model.gate.set()
+        assert [f.result(WAIT)[:, 0].tolist() for f in big] == [[1, 2, 3, 4], [5, 6]]
+        assert small[0].result(WAIT)[:, 0].tolist() == [7, 8]
+        assert model.batches[1:] == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    finally:
+        batcher.close()
+
+
+def test_a_failing_batch_fails_only_its_own_callers(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=2))
+    try:
+        hold_batcher(batcher, model)
+        poisoned = batcher.submit(images_with_ids([int(FakeModel.POISON)]))
+        neighbour = batcher.submit(images_with_ids([5]))  # same batch as the poison
+        later = batcher.submit(images_with_ids([6, 7]))  # does not fit: next batch
+        model.gate.set()
+        for future in (*poisoned, *neighbour):
+            with pytest.raises(RuntimeError, match="poisoned batch"):
+                future.result(WAIT)
+        assert later[0].result(WAIT)[:, 0].tolist() == [6, 7]
+        # The thread survived the failure and keeps serving.
+        assert batcher.predict(images_with_ids([8]), WAIT)[0, 0] == 8
+    finally:
+        batcher.close()
+
+
+def test_a_slow_batch_times_out_its_callers_and_the_batcher_recovers(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            slow = pool.submit(batcher.predict, images_with_ids([int(FakeModel.GATE)]), 1.0)
+            assert model.entered_gate.wait(WAIT)
+            # A caller that gives up while queued behind the slow batch is dropped, not computed.
+            with pytest.raises(BatchTimeoutError, match="no answer for 1 image"):
+                batcher.predict(images_with_ids([99]), timeout_s=0.05)
+            with pytest.raises(BatchTimeoutError):
+                slow.result(WAIT)
+        model.gate.set()
+        np.testing.assert_array_equal(batcher.predict(images_with_ids([3, 4]), WAIT)[:, 0], [3, 4])
+        assert [99] not in model.batches
+    finally:
+        batcher.close()
+
+
+def test_wrong_number_of_output_rows_is_an_error_for_that_batch() -> None:
+    batcher = MicroBatcher(
+        lambda images: np.zeros((1, 2), dtype=np.float32), BatchingConfig(max_batch_size=8)
+    )
+    try:
+        with pytest.raises(BatchOutputError, match="1 rows for a batch of 3"):
+            batcher.predict(images_with_ids([1, 2, 3]), WAIT)
+    finally:
+        batcher.close()
+
+
+def test_queue_is_bounded(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4, max_queue_images=8))
+    try:
+        hold_batcher(batcher, model)
+        accepted = batcher.submit(images_with_ids(list(range(1, 9))))
+        with pytest.raises(BatcherOverloadedError, match="8 images are already waiting"):
+            batcher.submit(images_with_ids([9]))
+        model.gate.set()
+        assert [f.result(WAIT).shape[0] for f in accepted] == [4, 4]
+        # Once drained, a request larger than the whole queue is still accepted on its own.
+        assert batcher.predict(images_with_ids(list(range(20))), WAIT).shape == (20, 2)
+    finally:
+        batcher.close()
+
+
+def test_full_batch_runs_without_waiting_for_max_wait(model: FakeModel) -> None:
+    # Only "the batch is full" can release these two requests before max_wait (10 s) runs out.
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=2, max_wait_s=10.0))
+    try:
+        first = batcher.submit(images_with_ids([1]))
+        second = batcher.submit(images_with_ids([2]))
+        assert first[0].result(5.0)[0, 0] == 1
+        assert second[0].result(5.0)[0, 0] == 2
+        assert model.batches == [[1, 2]]
+    finally:
+        batcher.close()
+
+
+def test_max_wait_gathers_requests_that_arrive_later(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=3, max_wait_s=10.0))
+    try:
+        futures = [batcher.submit(images_with_ids([i]))[0] for i in (1, 2, 3)]
+        assert [f.result(WAIT)[0, 0] for f in futures] == [1, 2, 3]
+        # Without max_wait the first request would have run alone as soon as it was queued.
+        assert model.batches == [[1, 2, 3]]
+    finally:
+        batcher.close()
+
+
+def test_close_finishes_queued_work_then_refuses_new(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4))
+    hold_batcher(batcher, model)
+    queued = batcher.submit(images_with_ids([1, 2]))
+    closer = threading.Thread(target=batcher.close, kwargs={"timeout_s": WAIT})
+    closer.start()
+    model.gate.set()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert queued[0].result(0)[:, 0].tolist() == [1, 2]
+    with pytest.raises(BatcherClosedError):
+        batcher.submit(images_with_ids([3]))
+
+
+def test_close_fails_work_a_stuck_model_never_reached(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=1))
+    hold_batcher(batcher, model)
+    stranded = batcher.submit(images_with_ids([1]))
+    batcher.close(timeout_s=0.05)
+    with pytest.raises(BatcherClosedError, match="shut down first"):
+        stranded[0].result(WAIT)
+    model.gate.set()
+
+
+def test_empty_request_is_refused(model: FakeModel) -> None:
+    batcher = MicroBatcher(model)
+    with pytest.raises(ValueError, match="no images"):
+        batcher.submit(np.zeros((0, 28, 28), dtype=np.float32))
+
+
+def test_observer_sees_every_model_call(model: FakeModel) -> None:
+    seen: list[int] = []
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4), on_batch=lambda n, _s: seen.append(n))
+    try:
+        batcher.predict(images_with_ids(list(range(6))), WAIT)
+        assert seen == [4, 2]
+    finally:
+        batcher.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size must be at least 1"),
+        ({"max_wait_s": -0.001}, "max_wait_s must be within"),
+        ({"max_batch_size": 64, "max_queue_images": 10}, "max_queue_images"),
+        ({"timeout_s": 0}, "timeout_s must be positive"),
+    ],
+)
+def test_config_is_validated(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BatchingConfig(**kwargs)  # type: ignore[arg-type]
