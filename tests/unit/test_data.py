@@ -8,6 +8,7 @@ import pickle
 import struct
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def _labels(count: int) -> np.ndarray:
 
 
 def write_npz(path: Path, train: int = 60, test: int = 20, **overrides: np.ndarray) -> Path:
-    arrays = {
+    arrays: dict[str, Any] = {
         "x_train": _images(train),
         "y_train": _labels(train),
         "x_test": _images(test),
@@ -38,7 +39,7 @@ def write_npz(path: Path, train: int = 60, test: int = 20, **overrides: np.ndarr
     return path
 
 
-def _savez(path: Path, **arrays: np.ndarray) -> None:
+def _savez(path: Path, **arrays: Any) -> None:
     with path.open("wb") as handle:
         np.savez(handle, **arrays)
 
