@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
 from mnist_server.decoding import Batch, JsonBody, images_from_upload, parse_json
@@ -247,10 +247,11 @@ class _Server:
                 f"Content-Type {mimetype!r} is not supported here; send {JSON} "
                 f"(curl: -H 'Content-Type: {JSON}')"
             )
-        return parse_json(request.get_data(cache=False))
+        return parse_json(self._read_body())
 
     def _read_upload(self) -> bytes:
         if request.mimetype == MULTIPART:
+            self._read_body(cache=True)  # the form parser then reads the checked, cached body
             upload = request.files.get(UPLOAD_FIELD)
             if upload is None:
                 raise InvalidInputError(
@@ -260,7 +261,15 @@ class _Server:
                 )
             data: bytes = upload.read()
             return data
-        return request.get_data(cache=False)
+        return self._read_body()
+
+    def _read_body(self, cache: bool = False) -> bytes:
+        data = request.get_data(cache=cache)
+        # Werkzeug refuses a Content-Length above the limit (413) but silently cuts a streamed
+        # (chunked) body at the limit: a body that reached it is taken as too large.
+        if request.content_length is None and len(data) >= self.settings.max_body_bytes:
+            raise _from_http(RequestEntityTooLarge(), self.settings)
+        return data
 
 
 def _is_json(mimetype: str) -> bool:

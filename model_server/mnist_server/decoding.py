@@ -121,7 +121,7 @@ def check_images(array: npt.NDArray[Any], field: str, max_batch: int, expected: 
 def images_from_json(value: Any, field: str, max_batch: int, check_booleans: bool) -> Batch:
     """One ``[28][28]`` image or a ``[n][28][28]`` batch (``field`` names it in errors)."""
     array = numeric_array(value, field, check_booleans)
-    single = array.ndim == 2
+    single = array.shape == IMAGE_SHAPE
     return Batch(check_images(array[np.newaxis] if single else array, field, max_batch), single)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mnist_server.decoding import JsonBody, check_images, numeric_array
-from mnist_server.errors import InvalidInputError, Reason, TooLargeError
+from mnist_server.errors import InvalidInputError, Reason
 from mnist_server.model import Images, LoadState, Model, Probabilities
 from mnist_server.repository import INPUT_NAME, SIGNATURE_NAME
 
@@ -41,7 +41,7 @@ def parse_predict_request(body: JsonBody, max_batch: int) -> PredictRequest:
             Reason.BAD_REQUEST if has_instances else Reason.MISSING_FIELD,
         )
     if has_instances:
-        field, value = "instances", _instances(body.value["instances"], max_batch)
+        field, value = "instances", _instances(body.value["instances"])
     else:
         field, value = "inputs", _named_input(body.value["inputs"], "inputs")
     array = numeric_array(value, field, body.mentions_booleans)
@@ -68,14 +68,9 @@ def model_status(model: Model) -> dict[str, Any]:
     }
 
 
-def _instances(instances: Any, max_batch: int) -> Any:
+def _instances(instances: Any) -> Any:
     if not isinstance(instances, list):
         raise InvalidInputError("'instances' must be a list of images", Reason.WRONG_SHAPE)
-    if len(instances) > max_batch:
-        raise TooLargeError(
-            f"instances holds {len(instances)} images; at most {max_batch} are accepted per request",
-            Reason.BATCH_TOO_LARGE,
-        )
     objects = [isinstance(instance, dict) for instance in instances]
     if not any(objects):
         return instances

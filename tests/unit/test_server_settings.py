@@ -1,0 +1,164 @@
+"""Settings from MNIST_SERVER_* variables, the mnist-server CLI's validation, and gunicorn config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mnist_server import cli
+from mnist_server.repository import ModelVersion
+from mnist_server.serving import ServerApplication
+from mnist_server.settings import VARIABLES, Settings, SettingsError, unknown_variables
+
+
+def test_defaults_suit_a_container() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.model_root == Path("/models")
+    assert settings.model_name == "mnist"
+    assert settings.model_version is None
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 8080
+    assert settings.workers == 1
+    assert settings.threads == 8
+    assert settings.max_body_bytes == 4 * 1024 * 1024
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        "MNIST_SERVER_MODEL_ROOT": "/srv/models",
+        "MNIST_SERVER_MODEL_NAME": "digits",
+        "MNIST_SERVER_MODEL_VERSION": "7",
+        "MNIST_SERVER_HOST": "127.0.0.1",
+        "MNIST_SERVER_PORT": "9000",
+        "MNIST_SERVER_WORKERS": "2",
+        "MNIST_SERVER_THREADS": "4",
+        "MNIST_SERVER_MAX_BODY_BYTES": "65536",
+        "MNIST_SERVER_MAX_BATCH": "16",
+        "MNIST_SERVER_LOG_LEVEL": "DEBUG",
+        "MNIST_SERVER_TIMEOUT": "30",
+        "MNIST_SERVER_GRACEFUL_TIMEOUT": "10",
+    }
+    assert {var.env_name for var in VARIABLES} == set(env)
+    assert Settings.from_env(env) == Settings(
+        model_root=Path("/srv/models"),
+        model_name="digits",
+        model_version="7",
+        host="127.0.0.1",
+        port=9000,
+        workers=2,
+        threads=4,
+        max_body_bytes=65536,
+        max_batch=16,
+        log_level="debug",
+        timeout=30,
+        graceful_timeout=10,
+    )
+
+
+def test_latest_and_empty_mean_the_newest_version() -> None:
+    assert Settings.from_env({"MNIST_SERVER_MODEL_VERSION": "latest"}).model_version is None
+    assert Settings.from_env({"MNIST_SERVER_MODEL_VERSION": " "}).model_version is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("MNIST_SERVER_PORT", "eighty", "not an integer"),
+        ("MNIST_SERVER_PORT", "70000", "between 1 and 65535"),
+        ("MNIST_SERVER_WORKERS", "0", "between 1"),
+        ("MNIST_SERVER_THREADS", "-2", "between 1"),
+        ("MNIST_SERVER_MAX_BATCH", "1.5", "not an integer"),
+        ("MNIST_SERVER_MAX_BODY_BYTES", "4Mi", "not an integer"),
+        ("MNIST_SERVER_LOG_LEVEL", "loud", "one of debug"),
+        ("MNIST_SERVER_MODEL_NAME", "My_Model", "lowercase"),
+        ("MNIST_SERVER_MODEL_VERSION", "../etc", "lowercase"),
+        ("MNIST_SERVER_HOST", "a b", "IP address"),
+    ],
+)
+def test_invalid_values_name_the_variable_and_the_value(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({name: value})
+    message = str(error.value)
+    assert name in message
+    assert repr(value) in message
+    assert fragment in message
+
+
+def test_unknown_prefixed_variables_are_reported() -> None:
+    env = {"MNIST_SERVER_WORKER": "2", "MNIST_SERVER_PORT": "1", "HOME": "/root"}
+    assert unknown_variables(env) == ["MNIST_SERVER_WORKER"]
+
+
+def test_cli_exits_2_with_the_message_and_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MNIST_SERVER_PORT", "eighty")
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "mnist-server: MNIST_SERVER_PORT='eighty': not an integer"
+
+
+def test_cli_exits_2_when_the_model_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MNIST_SERVER_MODEL_ROOT", str(tmp_path))
+    assert cli.main(["--model-version", "4"]) == 2
+    assert "not a complete model version" in capsys.readouterr().err
+
+
+def test_cli_flag_errors_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--workers", "none"])
+    assert exit_info.value.code == 2
+    assert "--workers 'none': not an integer" in capsys.readouterr().err
+
+
+def test_cli_help_documents_every_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for var in VARIABLES:
+        assert var.env_name in out
+        assert var.flag in out
+
+
+def test_gunicorn_runs_gthread_workers_with_the_settings() -> None:
+    settings = Settings(host="127.0.0.1", port=8123, workers=3, threads=5, timeout=40, graceful_timeout=7)
+    version = ModelVersion(name="mnist", version="1", path=Path("/nonexistent"))
+    cfg = ServerApplication(settings, version, None).cfg
+    assert cfg.bind == ["127.0.0.1:8123"]
+    assert cfg.worker_class_str == "gthread"
+    assert (cfg.workers, cfg.threads) == (3, 5)
+    assert (cfg.timeout, cfg.graceful_timeout) == (40, 7)
+    assert cfg.preload_app is False  # TensorFlow is loaded after the fork, in each worker
+    assert cfg.control_socket_disable is True
+
+
+def test_ipv6_hosts_are_bracketed() -> None:
+    version = ModelVersion(name="mnist", version="1", path=Path("/nonexistent"))
+    assert ServerApplication(Settings(host="::"), version, None).cfg.bind == ["[::]:8080"]
+
+
+def test_the_metrics_mode_is_chosen_before_prometheus_client_is_imported(tmp_path: Path) -> None:
+    # A fresh interpreter: in this one prometheus_client is imported already.
+    script = (
+        "import os\n"
+        "from mnist_server.serving import prepare_metrics_mode\n"
+        "one = prepare_metrics_mode(1)\n"
+        "assert one is None and 'PROMETHEUS_MULTIPROC_DIR' not in os.environ\n"
+        "many = prepare_metrics_mode(2)\n"
+        "from prometheus_client import values\n"
+        "same = os.environ['PROMETHEUS_MULTIPROC_DIR'] == str(many)\n"
+        "print(many.is_dir(), same, values.ValueClass.__name__)\n"
+        "many.rmdir()\n"
+    )
+    env = {"PYTHONPATH": str(Path(cli.__file__).parents[1]), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "MmapedValue"]
