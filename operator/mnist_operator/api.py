@@ -1,0 +1,112 @@
+"""Names shared by the CRD, the builders, the client and the handlers: one place to change them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "aidevsecops.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MnistModel"
+PLURAL = "mnistmodels"
+
+FIELD_MANAGER = "mnist-operator"
+# A second field manager that briefly co-owns Deployment.spec.replicas while the HPA takes it over,
+# so that dropping the field from our apply does not reset the replica count to 1.
+HANDOVER_FIELD_MANAGER = "mnist-operator-handover"
+USER_AGENT = "mnist-operator"
+
+# Labels on every child (and on the pods).
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_VERSION = "app.kubernetes.io/version"
+APP_NAME = "mnist-server"
+COMPONENT = "model-server"
+MANAGED_BY = "mnist-operator"
+MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+# Hash of the last applied desired object: tells "our spec changed" (including removed fields,
+# which a subset comparison cannot see) apart from "nothing to do", without a dry-run write.
+HASH_ANNOTATION = f"{GROUP}/applied-hash"
+
+# Labels and annotations of the MnistModel that never reach its children: Argo CD's tracking
+# metadata (children carry their own ownerReferences) and the well-known app labels we set ourselves.
+NEVER_COPIED_PREFIXES = ("argocd.argoproj.io/", "app.kubernetes.io/", "kopf.zalando.org/")
+
+SERVER_PORT = 8080
+SERVICE_PORT = 80
+PORT_NAME = "http"
+CONTAINER_NAME = "server"
+
+# Environment variables the operator sets on the server container; spec.env may not override them.
+ENV_MODEL_VERSION = "MNIST_SERVER_MODEL_VERSION"
+ENV_HOST = "MNIST_SERVER_HOST"
+ENV_PORT = "MNIST_SERVER_PORT"
+RESERVED_ENV = (ENV_MODEL_VERSION, ENV_HOST, ENV_PORT)
+
+
+@dataclass(frozen=True)
+class ResourceKind:
+    """A Kubernetes API resource the operator reads or writes."""
+
+    group: str
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str = "") -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+MNISTMODEL = ResourceKind(GROUP, VERSION, KIND, PLURAL)
+DEPLOYMENT = ResourceKind("apps", "v1", "Deployment", "deployments")
+SERVICE = ResourceKind("", "v1", "Service", "services")
+INGRESS = ResourceKind("networking.k8s.io", "v1", "Ingress", "ingresses")
+ROUTE = ResourceKind("route.openshift.io", "v1", "Route", "routes")
+SERVICE_MONITOR = ResourceKind("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
+HPA = ResourceKind("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+POD = ResourceKind("", "v1", "Pod", "pods")
+EVENT = ResourceKind("", "v1", "Event", "events")
+CRD = ResourceKind(
+    "apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False
+)
+
+# Every kind of child, in apply order (the Service before what points at it).
+CHILD_KINDS = (DEPLOYMENT, SERVICE, INGRESS, ROUTE, SERVICE_MONITOR, HPA)
+# Kinds whose API may be absent from a cluster; discovered at run time.
+OPTIONAL_KINDS = (ROUTE, SERVICE_MONITOR)
+KINDS_BY_KIND = {k.kind: k for k in (*CHILD_KINDS, MNISTMODEL, POD, EVENT)}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Which optional APIs the cluster serves (from discovery)."""
+
+    routes: bool = False
+    service_monitors: bool = False
+
+    @property
+    def exposure_kind(self) -> ResourceKind:
+        return ROUTE if self.routes else INGRESS
+
+    def serves(self, kind: ResourceKind) -> bool:
+        if kind == ROUTE:
+            return self.routes
+        if kind == SERVICE_MONITOR:
+            return self.service_monitors
+        return True

@@ -1,0 +1,331 @@
+"""Pure builders: the children a MnistModel should have, as plain dicts ready for server-side apply.
+
+No client, no environment, no I/O: the same inputs always give the same objects, which is what
+makes "apply only on difference" and table-driven tests possible. Each object carries only the
+fields the operator owns; the API server's defaults are left to the API server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from mnist_operator import api
+from mnist_operator.settings import OperatorSettings
+from mnist_operator.spec import MnistModelSpec
+
+# Used when spec.resources is absent; the CPU request also gives the HPA something to measure.
+DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        "requests": MappingProxyType({"cpu": "100m", "memory": "256Mi"}),
+        "limits": MappingProxyType({"memory": "1Gi"}),
+    }
+)
+TMP_SIZE_LIMIT = "256Mi"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The parts of a MnistModel's metadata its children depend on."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Owner:
+        meta = body.get("metadata") or {}
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 1),
+            labels=MappingProxyType(dict(meta.get("labels") or {})),
+        )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def selector_labels(owner: Owner) -> dict[str, str]:
+    """The immutable Deployment selector (also the Service's and the ServiceMonitor's)."""
+    return {api.LABEL_NAME: api.APP_NAME, api.LABEL_INSTANCE: owner.name}
+
+
+def selector_string(owner: Owner) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(owner).items()))
+
+
+def standard_labels(owner: Owner, spec: MnistModelSpec) -> dict[str, str]:
+    return {
+        **selector_labels(owner),
+        api.LABEL_COMPONENT: api.COMPONENT,
+        api.LABEL_MANAGED_BY: api.MANAGED_BY,
+        api.LABEL_VERSION: spec.model_version,
+    }
+
+
+def copied_labels(owner: Owner) -> dict[str, str]:
+    """The MnistModel's own labels that its children inherit (never Argo CD's tracking metadata)."""
+    return {k: v for k, v in owner.labels.items() if not k.startswith(api.NEVER_COPIED_PREFIXES)}
+
+
+def desired(
+    spec: MnistModelSpec,
+    owner: Owner,
+    settings: OperatorSettings,
+    capabilities: api.Capabilities,
+) -> list[dict[str, Any]]:
+    """Every child the MnistModel should have right now, in apply order."""
+    children = [deployment(spec, owner, settings), service(spec, owner)]
+    if spec.exposure.enabled:
+        if capabilities.routes:
+            children.append(route(spec, owner))
+        elif spec.exposure.tls != "reencrypt":  # an Ingress cannot re-encrypt; reported in status
+            children.append(ingress(spec, owner))
+    if spec.service_monitor.enabled and capabilities.service_monitors:
+        children.append(service_monitor(spec, owner))
+    if spec.autoscaling is not None:
+        children.append(horizontal_pod_autoscaler(spec, owner))
+    return children
+
+
+def _metadata(
+    owner: Owner,
+    spec: MnistModelSpec,
+    *,
+    extra_labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": owner.name,
+        "namespace": owner.namespace,
+        "labels": {**copied_labels(owner), **(extra_labels or {}), **standard_labels(owner, spec)},
+        "ownerReferences": [owner.reference()],
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def _child(kind: api.ResourceKind, metadata: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata, "spec": spec}
+
+
+def deployment(spec: MnistModelSpec, owner: Owner, settings: OperatorSettings) -> dict[str, Any]:
+    deploy_spec: dict[str, Any] = {}
+    if spec.fixed_replicas is not None:  # with autoscaling the field is left to the HPA
+        deploy_spec["replicas"] = spec.fixed_replicas
+    deploy_spec.update(
+        {
+            "selector": {"matchLabels": selector_labels(owner)},
+            "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {
+                    "maxSurge": spec.rollout.max_surge,
+                    "maxUnavailable": spec.rollout.max_unavailable,
+                },
+            },
+            "template": {
+                # Only the standard labels: a label edit on the MnistModel must not restart pods.
+                "metadata": {"labels": standard_labels(owner, spec)},
+                "spec": _pod_spec(spec, settings),
+            },
+        }
+    )
+    return _child(api.DEPLOYMENT, _metadata(owner, spec), deploy_spec)
+
+
+def _pod_spec(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        # The server never talks to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [_container(spec, settings)],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}],
+    }
+    if spec.service_account_name:
+        pod["serviceAccountName"] = spec.service_account_name
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = [_plain(t) for t in spec.tolerations]
+    return pod
+
+
+def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": api.PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _container(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [
+        {"name": api.ENV_MODEL_VERSION, "value": spec.model_version},
+        {"name": api.ENV_HOST, "value": "0.0.0.0"},
+        {"name": api.ENV_PORT, "value": str(api.SERVER_PORT)},
+    ]
+    for var in spec.env:
+        entry: dict[str, Any] = {"name": var.name}
+        if var.value_from is not None:
+            entry["valueFrom"] = _plain(var.value_from)
+        elif var.value:  # the API server drops an empty value; so must we, or we would re-apply forever
+            entry["value"] = var.value
+        env.append(entry)
+    resources = spec.resources if spec.resources is not None else DEFAULT_RESOURCES
+    container: dict[str, Any] = {
+        "name": api.CONTAINER_NAME,
+        "image": spec.image or settings.default_image,
+        "ports": [{"name": api.PORT_NAME, "containerPort": api.SERVER_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": {k: dict(v) for k, v in resources.items() if v},
+        # Loading TensorFlow and the model takes a while: allow up to 2 minutes before liveness counts.
+        "startupProbe": _probe("/healthz", period=5, failures=24),
+        "livenessProbe": _probe("/healthz", period=10, failures=3),
+        # Ready only once the model is loaded and has answered a warm-up prediction.
+        "readinessProbe": _probe("/readyz", period=5, failures=3),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    return container
+
+
+def service(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:
+    return _child(
+        api.SERVICE,
+        _metadata(owner, spec),
+        {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner),
+            "ports": [
+                {
+                    "name": api.PORT_NAME,
+                    "port": api.SERVICE_PORT,
+                    "targetPort": api.PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    )
+
+
+def route(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:
+    exposure = spec.exposure
+    route_spec: dict[str, Any] = {
+        "to": {"kind": "Service", "name": owner.name, "weight": 100},
+        "port": {"targetPort": api.PORT_NAME},
+        "wildcardPolicy": "None",
+    }
+    if exposure.host:
+        route_spec["host"] = exposure.host
+    if exposure.tls != "none":
+        route_spec["tls"] = {"termination": exposure.tls, "insecureEdgeTerminationPolicy": "Redirect"}
+    return _child(api.ROUTE, _metadata(owner, spec, annotations=exposure.annotations), route_spec)
+
+
+def ingress(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:
+    exposure = spec.exposure
+    rule: dict[str, Any] = {
+        "http": {
+            "paths": [
+                {
+                    "path": "/",
+                    "pathType": "Prefix",
+                    "backend": {"service": {"name": owner.name, "port": {"name": api.PORT_NAME}}},
+                }
+            ]
+        }
+    }
+    if exposure.host:
+        rule = {"host": exposure.host, **rule}
+    ingress_spec: dict[str, Any] = {}
+    if exposure.ingress_class_name:
+        ingress_spec["ingressClassName"] = exposure.ingress_class_name
+    ingress_spec["rules"] = [rule]
+    if exposure.tls != "none" and exposure.host:
+        ingress_spec["tls"] = [{"hosts": [exposure.host], "secretName": tls_secret_name(spec, owner)}]
+    return _child(api.INGRESS, _metadata(owner, spec, annotations=exposure.annotations), ingress_spec)
+
+
+def tls_secret_name(spec: MnistModelSpec, owner: Owner) -> str:
+    return spec.exposure.tls_secret_name or f"{owner.name}-tls"
+
+
+def service_monitor(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:
+    monitor = spec.service_monitor
+    return _child(
+        api.SERVICE_MONITOR,
+        _metadata(owner, spec, extra_labels=monitor.labels),
+        {
+            "selector": {"matchLabels": selector_labels(owner)},
+            "endpoints": [
+                {"port": api.PORT_NAME, "path": "/metrics", "scheme": "http", "interval": monitor.interval}
+            ],
+        },
+    )
+
+
+def horizontal_pod_autoscaler(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:
+    scaling = spec.autoscaling
+    assert scaling is not None
+    return _child(
+        api.HPA,
+        _metadata(owner, spec),
+        {
+            "scaleTargetRef": {
+                "apiVersion": api.DEPLOYMENT.api_version,
+                "kind": "Deployment",
+                "name": owner.name,
+            },
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": scaling.target_cpu_utilization_percentage,
+                        },
+                    },
+                }
+            ],
+        },
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Deep copy of user-given read-only mappings into plain dicts and lists, without the empty
+    strings and nulls the API server would drop (keeping them would look like drift forever)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if v is not None and v != ""}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

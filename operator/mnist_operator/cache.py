@@ -1,0 +1,147 @@
+"""Read side of the operator: kopf's in-memory indexes of the watched objects, plus our own writes.
+
+kopf keeps the indexes current from its watch streams, and holds every handler back until the
+initial listing of every indexed resource is done, so a reconcile never mistakes "not listed yet"
+for "missing" (which would make a restart write). The overlay keeps the API server's answer to
+each of our own writes until the watch stream catches up, so a reconcile that runs in between
+does not see its own change as still to be made.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mnist_operator import api
+
+Key = tuple[str, str]
+IndexView = Mapping[Key, Iterable[Mapping[str, Any]]]
+Body = Mapping[str, Any]
+
+
+def resource_version(obj: Body | None) -> int | None:
+    # Resource versions are opaque by contract, but every API server backed by etcd hands out the
+    # etcd revision, an integer that only grows; that is all we need to tell older from newer.
+    try:
+        return int((obj or {}).get("metadata", {}).get("resourceVersion"))
+    except (TypeError, ValueError):
+        return None
+
+
+def snapshot(body: Body, *, keep_managed_fields: bool = False) -> dict[str, Any]:
+    """A plain deep copy of a watched object, without what no reconcile reads."""
+    copied = copy.deepcopy(dict(body))
+    meta = copied.get("metadata") or {}
+    if not keep_managed_fields:
+        meta.pop("managedFields", None)
+    return copied
+
+
+def pod_projection(body: Body) -> dict[str, Any]:
+    """The few pod fields the status logic reads; pods are many and churn, so keep them small."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "name": meta.get("name"),
+        "deleting": bool(meta.get("deletionTimestamp")),
+        "version": (meta.get("labels") or {}).get(api.LABEL_VERSION),
+        "phase": status.get("phase"),
+        "conditions": [
+            {k: c.get(k) for k in ("type", "status", "reason", "message")}
+            for c in status.get("conditions") or []
+        ],
+        "containerStatuses": [
+            {k: cs.get(k) for k in ("name", "ready", "restartCount", "state")}
+            for cs in status.get("containerStatuses") or []
+        ],
+    }
+
+
+def owner_key(body: Body) -> Key | None:
+    """(namespace, name) of the MnistModel controlling this object, if one does."""
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if (
+            ref.get("controller")
+            and ref.get("kind") == api.KIND
+            and str(ref.get("apiVersion", "")).startswith(f"{api.GROUP}/")
+        ):
+            return (meta.get("namespace") or "", ref.get("name") or "")
+    return None
+
+
+class Cache:
+    def __init__(self) -> None:
+        self._indexes: dict[str, IndexView] = {}
+        self._fresh: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._deleted: dict[tuple[str, str, str], int | None] = {}
+
+    def attach(self, kind: str, index: IndexView) -> None:
+        self._indexes[kind] = index
+
+    def _indexed(self, kind: str, key: Key) -> Mapping[str, Any] | None:
+        index = self._indexes.get(kind)
+        if index is None:
+            return None
+        for body in index.get(key, ()):
+            return body
+        return None
+
+    def get(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The newest known state of one object (children are indexed by their owner's key)."""
+        ref = (kind, namespace, name)
+        indexed = self._indexed(kind, (namespace, name))
+        if ref in self._deleted:
+            if indexed is None or resource_version(indexed) != self._deleted[ref]:
+                self._deleted.pop(ref)
+            else:
+                return None  # we deleted it; the watch has not told us yet
+        fresh = self._fresh.get(ref)
+        if fresh is None:
+            return indexed
+        indexed_rv, fresh_rv = resource_version(indexed), resource_version(fresh)
+        if indexed is not None and (indexed_rv is None or fresh_rv is None or indexed_rv >= fresh_rv):
+            del self._fresh[ref]  # the watch has caught up with our write
+            return indexed
+        return fresh
+
+    def model(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.get(api.KIND, namespace, name)
+
+    def model_keys(self) -> list[Key]:
+        index = self._indexes.get(api.KIND)
+        return list(index.keys()) if index is not None else []
+
+    def pods(self, namespace: str, name: str) -> list[Mapping[str, Any]]:
+        index = self._indexes.get(api.POD.kind)
+        return list(index.get((namespace, name), ())) if index is not None else []
+
+    def remember(self, obj: Mapping[str, Any]) -> None:
+        """Our write's result: newer than the index until the watch delivers it."""
+        meta = obj.get("metadata") or {}
+        ref = (str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+        self._fresh[ref] = snapshot(obj, keep_managed_fields=obj.get("kind") == api.DEPLOYMENT.kind)
+        self._deleted.pop(ref, None)
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """We deleted this object: hide it until the watch reports the deletion."""
+        ref = (kind, namespace, name)
+        self._fresh.pop(ref, None)
+        self._deleted[ref] = resource_version(self._indexed(kind, (namespace, name)))
+
+    def observe_deletion(self, body: Mapping[str, Any]) -> None:
+        """The watch reports an object deleted: a write of ours older than that is stale."""
+        meta = body.get("metadata") or {}
+        ref = (str(body.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+        fresh = self._fresh.get(ref)
+        deleted_rv, fresh_rv = resource_version(body), resource_version(fresh)
+        if fresh is not None and (deleted_rv is None or fresh_rv is None or fresh_rv <= deleted_rv):
+            del self._fresh[ref]
+
+    def drop(self, namespace: str, name: str) -> None:
+        """A MnistModel is gone: its overlay entries are no longer needed."""
+        for ref in [r for r in self._fresh if r[1:] == (namespace, name)]:
+            del self._fresh[ref]
+        for ref in [r for r in self._deleted if r[1:] == (namespace, name)]:
+            del self._deleted[ref]

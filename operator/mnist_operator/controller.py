@@ -1,0 +1,241 @@
+"""One idempotent reconcile of one MnistModel: apply what differs, delete what is unwanted, report.
+
+Reads come from the watch caches; writes happen only when the desired state differs from what the
+cluster shows (children) or the computed status differs from the stored one, so an unchanged
+MnistModel costs no write however often it is reconciled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from mnist_operator import api, builders, compare
+from mnist_operator.builders import Owner
+from mnist_operator.cache import Cache
+from mnist_operator.kube import ApiError, Discovery, KubeClient
+from mnist_operator.metrics import Metrics
+from mnist_operator.settings import OperatorSettings
+from mnist_operator.spec import MnistModelSpec, SpecError, parse_spec
+from mnist_operator.status import Observed, Problem, compute_status, transition_events
+
+logger = logging.getLogger(__name__)
+
+STATUS_KEYS = (
+    "observedGeneration",
+    "url",
+    "modelVersion",
+    "replicas",
+    "readyReplicas",
+    "selector",
+    "conditions",
+)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A problem to report in Ready, and how soon trying again could help."""
+
+    problem: Problem
+    retry_after: float
+
+
+def classify(exc: ApiError, verb: str, kind: str) -> Failure:
+    """Turn an API error into a user-facing reason and a retry delay."""
+    if exc.status == 403:
+        return Failure(
+            Problem(
+                "Forbidden", f"the operator may not {verb} {kind}: {exc.message} (check the operator's RBAC)"
+            ),
+            30,
+        )
+    if exc.status == 422:
+        return Failure(Problem("ChildInvalid", f"the API server rejected the {kind}: {exc.message}"), 60)
+    if exc.retryable:
+        return Failure(
+            Problem("ApiUnavailable", f"the API server did not answer a {verb} of {kind}: {exc.message}"), 2
+        )
+    return Failure(
+        Problem("ApplyFailed", f"could not {verb} {kind}: {exc.status} {exc.reason}: {exc.message}"), 5
+    )
+
+
+@dataclass
+class Reconciler:
+    settings: OperatorSettings
+    client: KubeClient
+    discovery: Discovery
+    cache: Cache
+    metrics: Metrics
+    now: Callable[[], str] = utc_now
+
+    async def __call__(self, key: tuple[str, str]) -> None:
+        body = self.cache.model(*key)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return  # gone, or going: the garbage collector removes the children
+        started = time.perf_counter()
+        result = "error"
+        try:
+            await self.reconcile(body)
+            result = "success"
+        except kopf.TemporaryError:
+            result = "retry"
+            raise
+        finally:
+            self.metrics.reconciles.labels(result=result).inc()
+            self.metrics.duration.observe(time.perf_counter() - started)
+
+    async def reconcile(self, body: Mapping[str, Any]) -> None:
+        owner = Owner.from_body(body)
+        spec: MnistModelSpec | None
+        failure: Failure | None = None
+        try:
+            spec = parse_spec(body.get("spec"))
+        except SpecError as exc:
+            spec, failure = None, Failure(Problem("InvalidSpec", str(exc)), 0)
+        try:
+            capabilities = await self.discovery.capabilities()
+        except ApiError as exc:
+            raise kopf.TemporaryError(f"API discovery failed: {exc}", delay=2) from exc
+
+        if spec is not None:
+            failure = await self._apply_children(spec, owner, capabilities)
+
+        exposure_kind = capabilities.exposure_kind
+        observed = Observed(
+            deployment=self.cache.get(api.DEPLOYMENT.kind, owner.namespace, owner.name),
+            pods=self.cache.pods(owner.namespace, owner.name),
+            exposure=self.cache.get(exposure_kind.kind, owner.namespace, owner.name),
+            service_monitor=(
+                self.cache.get(api.SERVICE_MONITOR.kind, owner.namespace, owner.name)
+                if capabilities.service_monitors
+                else None
+            ),
+            problem=failure.problem if failure else None,
+        )
+        status = compute_status(
+            spec=spec,
+            owner=owner,
+            observed=observed,
+            capabilities=capabilities,
+            previous=body.get("status"),
+            now=self.now(),
+        )
+        try:
+            await self._write_status(body, status)
+        except ApiError as exc:
+            self.metrics.observe_error("ApiUnavailable" if exc.retryable else "ApplyFailed")
+            raise kopf.TemporaryError(f"could not write the status: {exc}", delay=2) from exc
+
+        if failure is not None:
+            self.metrics.observe_error(failure.problem.reason)
+            if spec is None:
+                raise kopf.PermanentError(failure.problem.message)
+            raise kopf.TemporaryError(failure.problem.message, delay=failure.retry_after)
+
+    async def _apply_children(
+        self, spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities
+    ) -> Failure | None:
+        failure: Failure | None = None
+        wanted = [compare.stamp(obj) for obj in builders.desired(spec, owner, self.settings, capabilities)]
+        for obj in wanted:
+            kind = api.KINDS_BY_KIND[obj["kind"]]
+            try:
+                live = await self._live_child(kind, owner)
+                if live is not None and compare.controller_uid(live) != owner.uid:
+                    failure = failure or Failure(
+                        Problem(
+                            "ChildConflict",
+                            f"a {kind.kind} named {owner.name} already exists and is not controlled by this "
+                            f"MnistModel: delete or rename it, or rename the MnistModel",
+                        ),
+                        10,
+                    )
+                    continue
+                if kind == api.DEPLOYMENT and live is not None and "replicas" not in obj["spec"]:
+                    await self._hand_replicas_over(live)
+                if compare.needs_apply(obj, live):
+                    logger.info("%s/%s: applying %s", owner.namespace, owner.name, kind.kind)
+                    self.cache.remember(await self.client.apply(obj))
+            except ApiError as exc:
+                if exc.status == 404 and kind in api.OPTIONAL_KINDS:
+                    self.discovery.invalidate()  # the API went away since discovery
+                    return Failure(Problem("ApiUnavailable", f"the {kind.api_version} API disappeared"), 1)
+                failure = failure or classify(exc, "apply", kind.kind)
+
+        wanted_kinds = {obj["kind"] for obj in wanted}
+        for kind in api.CHILD_KINDS:
+            if kind.kind in wanted_kinds or not capabilities.serves(kind):
+                continue
+            live = self.cache.get(kind.kind, owner.namespace, owner.name)
+            if live is None or compare.controller_uid(live) != owner.uid:
+                continue
+            logger.info("%s/%s: deleting %s, no longer wanted", owner.namespace, owner.name, kind.kind)
+            try:
+                await self.client.delete(
+                    kind, owner.namespace, owner.name, (live.get("metadata") or {}).get("uid")
+                )
+                self.cache.forget(kind.kind, owner.namespace, owner.name)
+            except ApiError as exc:
+                failure = failure or classify(exc, "delete", kind.kind)
+        return failure
+
+    async def _live_child(self, kind: api.ResourceKind, owner: Owner) -> Mapping[str, Any] | None:
+        live = self.cache.get(kind.kind, owner.namespace, owner.name)
+        if live is None:
+            # Not in the (label-filtered) cache: make sure we do not take over someone else's object.
+            live = await self.client.get(kind, owner.namespace, owner.name)
+        return live
+
+    async def _hand_replicas_over(self, live: Mapping[str, Any]) -> None:
+        """Before autoscaling takes over, let a second field manager co-own spec.replicas.
+
+        Otherwise dropping the field from our apply would reset it to the default of 1 until the
+        HPA's next sync, briefly scaling a busy model down.
+        """
+        if not compare.manager_owns(live, api.FIELD_MANAGER, ("spec", "replicas")):
+            return
+        meta = live["metadata"]
+        await self.client.apply(
+            {
+                "apiVersion": api.DEPLOYMENT.api_version,
+                "kind": api.DEPLOYMENT.kind,
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                "spec": {"replicas": (live.get("spec") or {}).get("replicas", 1)},
+            },
+            manager=api.HANDOVER_FIELD_MANAGER,
+        )
+
+    async def _write_status(self, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        current = body.get("status") or {}
+        if all(current.get(k) == status.get(k) for k in STATUS_KEYS):
+            return
+        patch: dict[str, Any] = {k: status.get(k) for k in STATUS_KEYS}  # None removes a field
+        meta = body["metadata"]
+        updated = await self.client.patch_status(meta["namespace"], meta["name"], patch)
+        if updated is None:
+            return
+        self.cache.remember(updated)
+        for event in transition_events(current.get("conditions") or [], status.get("conditions") or []):
+            try:
+                await self.client.post_event(
+                    updated, type=event.type, reason=event.reason, message=event.message
+                )
+            except ApiError as exc:  # an Event is worth a log line, never a failed reconcile
+                logger.warning(
+                    "%s/%s: could not post the %s event: %s",
+                    meta["namespace"],
+                    meta["name"],
+                    event.reason,
+                    exc,
+                )

@@ -1,0 +1,184 @@
+"""Thin kopf handlers: keep the caches (kopf indexes) and turn watch events into queued reconciles.
+
+No create/update/resume handlers, no daemons or timers: those make kopf write progress
+annotations, a diff base, or a finalizer to every MnistModel. Everything here only reads.
+- index handlers keep an in-memory copy of the MnistModels and of their children and pods
+  (children and pods are watched with a server-side label selector: only ours are listed);
+- event handlers queue the owning MnistModel's key, so a hand-deleted or hand-edited child is
+  put back within seconds and status follows the pods;
+- a CRD event for the Route or ServiceMonitor API re-runs discovery and every reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from mnist_operator import api
+from mnist_operator.cache import Cache, owner_key, pod_projection, snapshot
+from mnist_operator.controller import Reconciler
+from mnist_operator.kube import Discovery, KubeClient
+from mnist_operator.metrics import Metrics
+from mnist_operator.settings import OperatorSettings
+from mnist_operator.workqueue import WorkQueue
+
+logger = logging.getLogger(__name__)
+
+WATCHED_CHILDREN = (*api.CHILD_KINDS, api.POD)
+OPTIONAL_CRDS = {f"{k.plural}.{k.group}" for k in api.OPTIONAL_KINDS}
+
+
+def index_id(kind: api.ResourceKind) -> str:
+    return f"index_{kind.kind.lower()}"
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf settings that keep the operator from writing anything it does not mean to."""
+    settings.posting.enabled = False  # our own Events, on transitions only; no "Handler succeeded"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    for kind in WATCHED_CHILDREN:
+        settings.watching.label_selectors[kind.group, kind.version, kind.plural] = api.MANAGED_SELECTOR
+
+
+class Operator:
+    """Everything one operator process shares between its handlers."""
+
+    def __init__(
+        self, settings: OperatorSettings, metrics: Metrics, client: KubeClient | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.cache = Cache()
+        self.client = client or KubeClient(on_write=metrics.observe_write)
+        self.discovery = Discovery(self.client, settings.discovery_ttl_seconds)
+        self.reconciler = Reconciler(settings, self.client, self.discovery, self.cache, metrics)
+        self.queue = WorkQueue(self.reconciler, workers=settings.workers)
+        self._resync: asyncio.Task[None] | None = None
+
+    async def start(self, indices: Mapping[str, Any]) -> None:
+        self.cache.attach(api.KIND, indices[index_id(api.MNISTMODEL)])
+        for kind in WATCHED_CHILDREN:
+            self.cache.attach(kind.kind, indices[index_id(kind)])
+        self.queue.start()
+        self._resync = asyncio.create_task(self._resync_forever(), name="resync")
+
+    async def stop(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+        await self.queue.stop()
+        await self.client.close()
+
+    def enqueue_all(self) -> None:
+        for key in self.cache.model_keys():
+            self.queue.add(key)
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            logger.debug("periodic resync of %d models", len(self.cache.model_keys()))
+            self.enqueue_all()
+
+    def enqueue_owner(self, key: tuple[str, str] | None) -> None:
+        if key is not None and self.cache.model(*key) is not None:
+            self.queue.add(key)
+
+
+def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
+    managed = {api.LABEL_MANAGED_BY: api.MANAGED_BY}
+
+    @kopf.on.startup(registry=registry)
+    async def start(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        configure_kopf(settings)
+        await op.start(kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        await op.stop()
+
+    @kopf.on.probe(id="queued", registry=registry)
+    def queued(**_: Any) -> int:
+        return len(op.queue)
+
+    @kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=index_id(api.MNISTMODEL), registry=registry)
+    def index_models(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace or "", name): snapshot(body)}
+
+    @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
+    def model_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+        key = (namespace or "", name)
+        if type == "DELETED":
+            op.queue.forget(key)
+            op.cache.drop(*key)
+        else:
+            op.queue.add(key)
+
+    for kind in api.CHILD_KINDS:
+        _register_child(registry, op, kind, managed)
+
+    @kopf.index(
+        api.POD.group,
+        api.POD.version,
+        api.POD.plural,
+        id=index_id(api.POD),
+        labels=managed,
+        registry=registry,
+    )
+    def index_pods(
+        namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
+        instance = labels.get(api.LABEL_INSTANCE)
+        return {(namespace or "", instance): pod_projection(body)} if instance else {}
+
+    @kopf.on.event(api.POD.group, api.POD.version, api.POD.plural, labels=managed, registry=registry)
+    def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        instance = labels.get(api.LABEL_INSTANCE)
+        op.enqueue_owner((namespace or "", instance) if instance else None)
+
+    @kopf.on.event(
+        api.CRD.group,
+        api.CRD.version,
+        api.CRD.plural,
+        registry=registry,
+        when=lambda name, **_: name in OPTIONAL_CRDS,
+    )
+    def optional_api_changed(name: str, type: str, **_: Any) -> None:
+        if not type:
+            return  # the initial listing (kopf passes None): discovery is fresh anyway
+        logger.info("CRD %s changed (%s): re-checking the optional APIs", name, type)
+        op.discovery.invalidate()
+        op.enqueue_all()
+
+
+def _register_child(
+    registry: kopf.OperatorRegistry, op: Operator, kind: api.ResourceKind, managed: dict[str, str]
+) -> None:
+    keep_managed_fields = kind == api.DEPLOYMENT  # read by the HPA hand-over
+
+    def index_child(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        key = owner_key(body)
+        return {key: snapshot(body, keep_managed_fields=keep_managed_fields)} if key else {}
+
+    def child_event(type: str, body: kopf.Body, **_: Any) -> None:
+        if type == "DELETED":
+            op.cache.observe_deletion(body)
+        op.enqueue_owner(owner_key(body))
+
+    kopf.index(kind.group, kind.version, kind.plural, id=index_id(kind), labels=managed, registry=registry)(
+        index_child
+    )
+    kopf.on.event(
+        kind.group,
+        kind.version,
+        kind.plural,
+        id=f"event_{kind.kind.lower()}",
+        labels=managed,
+        registry=registry,
+    )(child_event)

@@ -1,0 +1,297 @@
+"""The MnistModel spec, parsed once into frozen dataclasses.
+
+The CRD's schema and CEL rules already reject bad input at the API server; this parser applies the
+same defaults (objects stored before a CRD upgrade may lack them) and fails with a `SpecError`
+naming the field, so the operator never acts on half-understood input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from mnist_operator import api
+
+TLSMode = Literal["none", "edge", "reencrypt"]
+TLS_MODES: tuple[TLSMode, ...] = ("none", "edge", "reencrypt")
+IntOrPercent = int | str
+
+MODEL_VERSION_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+HOST_PATTERN = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+PERCENT_PATTERN = re.compile(r"^(100|[1-9]?[0-9])%$")
+DURATION_PATTERN = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+
+DEFAULT_REPLICAS = 1
+
+
+class SpecError(ValueError):
+    """The spec cannot be acted on; `field` is the path of the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"spec.{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    min_replicas: int
+    max_replicas: int
+    target_cpu_utilization_percentage: int
+
+
+@dataclass(frozen=True)
+class Rollout:
+    max_surge: IntOrPercent = 1
+    max_unavailable: IntOrPercent = 0
+    progress_deadline_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class Exposure:
+    enabled: bool = False
+    host: str | None = None
+    tls: TLSMode = "none"
+    tls_secret_name: str | None = None
+    ingress_class_name: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class ServiceMonitorSpec:
+    enabled: bool = False
+    interval: str = "30s"
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str | None = None
+    # Already validated by the CRD schema (secretKeyRef, configMapKeyRef or fieldRef).
+    value_from: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class MnistModelSpec:
+    model_version: str
+    image: str | None = None
+    image_pull_policy: str | None = None
+    replicas: int | None = None
+    autoscaling: Autoscaling | None = None
+    resources: Mapping[str, Mapping[str, IntOrPercent]] | None = None
+    env: tuple[EnvVar, ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    service_account_name: str | None = None
+    rollout: Rollout = field(default_factory=Rollout)
+    exposure: Exposure = field(default_factory=Exposure)
+    service_monitor: ServiceMonitorSpec = field(default_factory=ServiceMonitorSpec)
+
+    @property
+    def fixed_replicas(self) -> int | None:
+        """The Deployment's replica count, or None when the HPA owns it."""
+        if self.autoscaling is not None:
+            return None
+        return DEFAULT_REPLICAS if self.replicas is None else self.replicas
+
+
+def parse_spec(raw: Mapping[str, Any] | None) -> MnistModelSpec:
+    """Parse and check a MnistModel `spec`; raises SpecError naming the first bad field."""
+    if not isinstance(raw, Mapping):
+        raise SpecError("", "spec is missing")
+    version = _str(raw, "modelVersion", required=True)
+    assert version is not None
+    if not MODEL_VERSION_PATTERN.match(version):
+        raise SpecError(
+            "modelVersion", f"{version!r} is not a lowercase DNS-safe name of at most 63 characters"
+        )
+
+    replicas = _int(raw, "replicas", minimum=0)
+    autoscaling = _autoscaling(raw.get("autoscaling"))
+    if autoscaling is not None and replicas is not None:
+        raise SpecError("replicas", "set either replicas or autoscaling, not both")
+
+    image = _str(raw, "image")
+    if image is not None and not image.strip():
+        raise SpecError("image", "must not be empty")
+
+    return MnistModelSpec(
+        model_version=version,
+        image=image,
+        image_pull_policy=_str(raw, "imagePullPolicy"),
+        replicas=replicas,
+        autoscaling=autoscaling,
+        resources=_resources(raw.get("resources")),
+        env=_env(raw.get("env")),
+        node_selector=_str_map(raw, "nodeSelector"),
+        tolerations=tuple(_mapping_list(raw, "tolerations")),
+        service_account_name=_str(raw, "serviceAccountName"),
+        rollout=_rollout(raw.get("rollout")),
+        exposure=_exposure(raw.get("exposure")),
+        service_monitor=_service_monitor(raw.get("monitoring")),
+    )
+
+
+def _autoscaling(raw: Any) -> Autoscaling | None:
+    if raw is None:
+        return None
+    section = _section(raw, "autoscaling")
+    max_replicas = _int(section, "maxReplicas", minimum=1, prefix="autoscaling.")
+    if max_replicas is None:
+        raise SpecError("autoscaling.maxReplicas", "is required")
+    min_replicas = _int(section, "minReplicas", minimum=1, prefix="autoscaling.") or 1
+    if min_replicas > max_replicas:
+        raise SpecError(
+            "autoscaling.minReplicas", f"{min_replicas} is greater than maxReplicas {max_replicas}"
+        )
+    target = _int(section, "targetCPUUtilizationPercentage", minimum=1, prefix="autoscaling.") or 80
+    if target > 100:
+        raise SpecError("autoscaling.targetCPUUtilizationPercentage", "must be at most 100")
+    return Autoscaling(min_replicas, max_replicas, target)
+
+
+def _rollout(raw: Any) -> Rollout:
+    section = _section(raw, "rollout")
+    surge = _int_or_percent(section, "maxSurge", Rollout.max_surge)
+    unavailable = _int_or_percent(section, "maxUnavailable", Rollout.max_unavailable)
+    if surge in (0, "0%") and unavailable in (0, "0%"):
+        raise SpecError("rollout.maxUnavailable", "maxSurge and maxUnavailable cannot both be 0")
+    deadline = _int(section, "progressDeadlineSeconds", minimum=1, prefix="rollout.")
+    return Rollout(surge, unavailable, Rollout.progress_deadline_seconds if deadline is None else deadline)
+
+
+def _exposure(raw: Any) -> Exposure:
+    section = _section(raw, "exposure")
+    host = _str(section, "host", prefix="exposure.")
+    if host is not None and not HOST_PATTERN.match(host):
+        raise SpecError("exposure.host", f"{host!r} is not a lowercase DNS name")
+    tls = _str(section, "tls", prefix="exposure.") or "none"
+    if tls not in TLS_MODES:
+        raise SpecError("exposure.tls", f"{tls!r} is not one of {', '.join(TLS_MODES)}")
+    if tls != "none" and host is None:
+        raise SpecError("exposure.host", f"is required when exposure.tls is {tls}")
+    enabled = section.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise SpecError("exposure.enabled", "must be a boolean")
+    return Exposure(
+        enabled=enabled,
+        host=host,
+        tls=tls,
+        tls_secret_name=_str(section, "tlsSecretName", prefix="exposure."),
+        ingress_class_name=_str(section, "ingressClassName", prefix="exposure."),
+        annotations=_str_map(section, "annotations", prefix="exposure."),
+    )
+
+
+def _service_monitor(raw: Any) -> ServiceMonitorSpec:
+    section = _section(_section(raw, "monitoring").get("serviceMonitor"), "monitoring.serviceMonitor")
+    prefix = "monitoring.serviceMonitor."
+    interval = _str(section, "interval", prefix=prefix) or ServiceMonitorSpec.interval
+    if not DURATION_PATTERN.match(interval):
+        raise SpecError(f"{prefix}interval", f"{interval!r} is not a duration such as 30s or 1m")
+    enabled = section.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise SpecError(f"{prefix}enabled", "must be a boolean")
+    return ServiceMonitorSpec(enabled, interval, _str_map(section, "labels", prefix=prefix))
+
+
+def _env(raw: Any) -> tuple[EnvVar, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise SpecError("env", "must be a list")
+    out: list[EnvVar] = []
+    for i, item in enumerate(raw):
+        entry = _section(item, f"env[{i}]")
+        name = _str(entry, "name", required=True, prefix=f"env[{i}].")
+        assert name is not None
+        if name in api.RESERVED_ENV:
+            raise SpecError(f"env[{i}].name", f"{name} is set by the operator from the spec")
+        value_from = entry.get("valueFrom")
+        if value_from is not None and not isinstance(value_from, Mapping):
+            raise SpecError(f"env[{i}].valueFrom", "must be an object")
+        out.append(
+            EnvVar(
+                name,
+                _str(entry, "value", prefix=f"env[{i}]."),
+                MappingProxyType(dict(value_from)) if value_from is not None else None,
+            )
+        )
+    return tuple(out)
+
+
+def _resources(raw: Any) -> Mapping[str, Mapping[str, IntOrPercent]] | None:
+    if raw is None:
+        return None
+    section = _section(raw, "resources")
+    out: dict[str, Mapping[str, IntOrPercent]] = {}
+    for key in ("limits", "requests"):
+        values = section.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping) or not all(isinstance(v, int | str) for v in values.values()):
+            raise SpecError(f"resources.{key}", "must map resource names to quantities")
+        out[key] = MappingProxyType(dict(values))
+    return MappingProxyType(out)
+
+
+def _section(raw: Any, name: str) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpecError(name, "must be an object")
+    return raw
+
+
+def _str(raw: Mapping[str, Any], key: str, *, required: bool = False, prefix: str = "") -> str | None:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise SpecError(prefix + key, "is required")
+        return None
+    if not isinstance(value, str):
+        raise SpecError(prefix + key, "must be a string")
+    return value
+
+
+def _int(raw: Mapping[str, Any], key: str, *, minimum: int, prefix: str = "") -> int | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(prefix + key, "must be an integer")
+    if value < minimum:
+        raise SpecError(prefix + key, f"must be at least {minimum}")
+    return value
+
+
+def _int_or_percent(raw: Mapping[str, Any], key: str, default: IntOrPercent) -> IntOrPercent:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise SpecError(f"rollout.{key}", "must be an integer or a percentage")
+    if isinstance(value, int) and value < 0:
+        raise SpecError(f"rollout.{key}", "must not be negative")
+    if isinstance(value, str) and not PERCENT_PATTERN.match(value):
+        raise SpecError(f"rollout.{key}", f"{value!r} is not a percentage such as 25%")
+    return value
+
+
+def _str_map(raw: Mapping[str, Any], key: str, *, prefix: str = "") -> Mapping[str, str]:
+    value = raw.get(key)
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        raise SpecError(prefix + key, "must map strings to strings")
+    return MappingProxyType(dict(value))
+
+
+def _mapping_list(raw: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    value = raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, Sequence) or not all(isinstance(v, Mapping) for v in value):
+        raise SpecError(key, "must be a list of objects")
+    return [MappingProxyType(dict(v)) for v in value]

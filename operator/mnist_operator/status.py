@@ -1,0 +1,545 @@
+"""Pure status logic: from what the cluster shows to the MnistModel's status and conditions.
+
+Conditions follow the Kubernetes convention (type, status, CamelCase reason, message,
+observedGeneration, lastTransitionTime that moves only when status flips). Ready is the summary:
+True only when the Deployment has observed the latest template, every replica runs it and is
+available, and the requested exposure works; never during a rollout or with unavailable pods.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mnist_operator import api
+from mnist_operator.builders import Owner, selector_string
+from mnist_operator.spec import MnistModelSpec
+
+READY = "Ready"
+AVAILABLE = "Available"
+PROGRESSING = "Progressing"
+EXPOSURE_READY = "ExposureReady"
+MONITORING_READY = "MonitoringReady"
+CONDITION_TYPES = (READY, AVAILABLE, PROGRESSING, EXPOSURE_READY, MONITORING_READY)
+
+TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+
+# Container waiting reasons that mean "this will not fix itself soon", most severe first.
+_STUCK_REASONS = (
+    "CreateContainerConfigError",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CrashLoopBackOff",
+    "CreateContainerError",
+    "RunContainerError",
+)
+# Ready=False reasons that are part of an ordinary rollout or asked for, not a degradation.
+QUIET_REASONS = frozenset({"RolloutInProgress", "RolloutPending", "DeploymentPending", "ScaledToZero"})
+_MAX_PODS_IN_MESSAGE = 3
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something the reconcile could not do; becomes Ready=False with this reason."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the cluster shows for one MnistModel (from the watch caches)."""
+
+    deployment: Mapping[str, Any] | None = None
+    pods: Sequence[Mapping[str, Any]] = ()
+    exposure: Mapping[str, Any] | None = None  # the Route or the Ingress
+    service_monitor: Mapping[str, Any] | None = None
+    problem: Problem | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    pod: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    exists: bool
+    observed: bool  # the Deployment controller has seen the latest Deployment spec
+    desired: int
+    total: int
+    updated: int
+    ready: int
+    available: int
+    unavailable: int
+    deadline_exceeded: bool
+    minimum_available: bool
+    template_version: str | None
+
+    @property
+    def complete(self) -> bool:
+        return (
+            self.exists
+            and self.observed
+            and self.updated == self.desired
+            and self.total == self.desired
+            and self.available == self.desired
+            and self.unavailable == 0
+        )
+
+
+def rollout_state(deployment: Mapping[str, Any] | None) -> RolloutState:
+    if deployment is None:
+        return RolloutState(False, False, 0, 0, 0, 0, 0, 0, False, False, None)
+    meta = deployment.get("metadata") or {}
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    progressing = conditions.get("Progressing") or {}
+    available = conditions.get("Available") or {}
+    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    return RolloutState(
+        exists=True,
+        observed=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 1),
+        desired=int(spec.get("replicas", 1)),
+        total=int(status.get("replicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        ready=int(status.get("readyReplicas") or 0),
+        available=int(status.get("availableReplicas") or 0),
+        unavailable=int(status.get("unavailableReplicas") or 0),
+        deadline_exceeded=progressing.get("status") == FALSE
+        and progressing.get("reason") == "ProgressDeadlineExceeded",
+        minimum_available=available.get("status") == TRUE,
+        template_version=labels.get(api.LABEL_VERSION),
+    )
+
+
+def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[PodProblem]:
+    """Why pods are not ready, read from their container states and conditions; most severe first."""
+    found: list[tuple[int, PodProblem]] = []
+    for pod in sorted(pods, key=lambda p: str(p.get("name"))):
+        if pod.get("deleting"):
+            continue
+        problem = _pod_problem(pod)
+        if problem is not None:
+            severity = (
+                _STUCK_REASONS.index(problem.reason)
+                if problem.reason in _STUCK_REASONS
+                else len(_STUCK_REASONS)
+            )
+            found.append((severity, problem))
+    return [p for _, p in sorted(found, key=lambda item: item[0])]
+
+
+def _pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
+    name = str(pod.get("name"))
+    for cs in pod.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _STUCK_REASONS:
+            return PodProblem(name, waiting["reason"], _one_line(waiting.get("message", "")))
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        if terminated:
+            reason = terminated.get("reason") or "Terminated"
+            return PodProblem(
+                name, reason, f"container {cs.get('name')} exited with code {terminated.get('exitCode')}"
+            )
+    conditions = {c.get("type"): c for c in pod.get("conditions") or []}
+    scheduled = conditions.get("PodScheduled") or {}
+    if scheduled.get("status") == FALSE:
+        return PodProblem(
+            name, scheduled.get("reason") or "Unschedulable", _one_line(scheduled.get("message", ""))
+        )
+    ready = conditions.get("Ready") or {}
+    if ready.get("status") == TRUE:
+        return None
+    if pod.get("phase") == "Running":
+        restarts = sum(int(cs.get("restartCount") or 0) for cs in pod.get("containerStatuses") or [])
+        hint = f" after {restarts} restarts" if restarts else ""
+        return PodProblem(
+            name, "NotReady", f"running but not ready{hint} (the model is loading or /readyz fails)"
+        )
+    return PodProblem(name, "Pending", f"pod is {pod.get('phase') or 'Pending'}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:200]
+
+
+def _describe(problems: Sequence[PodProblem]) -> str:
+    shown = [
+        f"pod {p.pod}: {p.reason}" + (f" ({p.message})" if p.message else "")
+        for p in problems[:_MAX_PODS_IN_MESSAGE]
+    ]
+    more = len(problems) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _top_reason(problems: Sequence[PodProblem]) -> str:
+    """The most severe reason; among equally severe ones, the most common."""
+    first = problems[0].reason
+    same = [p.reason for p in problems if (p.reason in _STUCK_REASONS) == (first in _STUCK_REASONS)]
+    return first if first in _STUCK_REASONS else Counter(same).most_common(1)[0][0]
+
+
+def url(spec: MnistModelSpec | None, owner: Owner, exposure: Mapping[str, Any] | None) -> str:
+    """Where the model answers: the exposed host when exposed, else the in-cluster Service."""
+    if spec is not None and spec.exposure.enabled:
+        scheme = "https" if spec.exposure.tls != "none" else "http"
+        host = spec.exposure.host or _exposed_host(exposure)
+        if host:
+            return f"{scheme}://{host}"
+    return f"http://{owner.name}.{owner.namespace}.svc"
+
+
+def _exposed_host(exposure: Mapping[str, Any] | None) -> str | None:
+    if exposure is None:
+        return None
+    if exposure.get("kind") == api.ROUTE.kind:  # OpenShift generates a host when none is given
+        host = (exposure.get("spec") or {}).get("host")
+        return str(host) if host else None
+    for lb in ((exposure.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+        address = lb.get("hostname") or lb.get("ip")
+        if address:
+            return str(address)
+    return None
+
+
+def available_condition(rollout: RolloutState, problems: Sequence[PodProblem]) -> Condition:
+    if not rollout.exists:
+        return Condition(AVAILABLE, FALSE, "DeploymentPending", "the Deployment does not exist yet")
+    if rollout.desired == 0:
+        return Condition(AVAILABLE, FALSE, "ScaledToZero", "replicas is 0: no pod serves the model")
+    counts = f"{rollout.available} of {rollout.desired} replicas available"
+    if rollout.available >= 1 and rollout.minimum_available:
+        return Condition(AVAILABLE, TRUE, "MinimumReplicasAvailable", counts)
+    if problems:
+        return Condition(AVAILABLE, FALSE, _top_reason(problems), f"{counts}: {_describe(problems)}")
+    return Condition(AVAILABLE, FALSE, "MinimumReplicasUnavailable", counts)
+
+
+def progressing_condition(
+    rollout: RolloutState, spec: MnistModelSpec | None, deadline: int | None, problems: Sequence[PodProblem]
+) -> Condition:
+    version = spec.model_version if spec is not None else rollout.template_version
+    if not rollout.exists:
+        return Condition(PROGRESSING, TRUE, "DeploymentPending", "creating the Deployment")
+    if rollout.deadline_exceeded:
+        detail = f": {_describe(problems)}" if problems else ""
+        within = f" within {deadline}s" if deadline else ""
+        return Condition(
+            PROGRESSING,
+            FALSE,
+            "ProgressDeadlineExceeded",
+            f"the rollout of version {version} made no progress{within}{detail}",
+        )
+    if not rollout.observed or (spec is not None and rollout.template_version != spec.model_version):
+        return Condition(
+            PROGRESSING,
+            TRUE,
+            "RolloutPending",
+            f"waiting for the Deployment controller to start rolling out version {version}",
+        )
+    if not rollout.complete:
+        message = (
+            f"rolling out version {version}: {rollout.updated} of {rollout.desired} updated replicas, "
+            f"{rollout.available} available"
+        )
+        old = rollout.total - rollout.updated
+        if old > 0:
+            message += f", {old} old replicas still running"
+        return Condition(PROGRESSING, TRUE, "RollingOut", message)
+    return Condition(
+        PROGRESSING,
+        FALSE,
+        "RolloutComplete",
+        f"version {rollout.template_version} is rolled out to {rollout.desired} replicas",
+    )
+
+
+def exposure_condition(
+    spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities, exposure: Mapping[str, Any] | None
+) -> Condition:
+    if not spec.exposure.enabled:
+        return Condition(
+            EXPOSURE_READY,
+            TRUE,
+            "Disabled",
+            f"exposure is disabled; the model answers in-cluster at {url(spec, owner, None)}",
+        )
+    if capabilities.routes:
+        if exposure is None:
+            return Condition(
+                EXPOSURE_READY, FALSE, "RoutePending", f"the Route {owner.name} does not exist yet"
+            )
+        return _route_condition(exposure)
+    if spec.exposure.tls == "reencrypt":
+        return Condition(
+            EXPOSURE_READY,
+            FALSE,
+            "ReencryptUnsupported",
+            "exposure.tls=reencrypt needs an OpenShift Route and this cluster serves no "
+            "route.openshift.io API; use tls: edge with an Ingress",
+        )
+    if exposure is None:
+        return Condition(
+            EXPOSURE_READY, FALSE, "IngressPending", f"the Ingress {owner.name} does not exist yet"
+        )
+    address = _exposed_host({"status": exposure.get("status")})
+    if address:
+        return Condition(
+            EXPOSURE_READY,
+            TRUE,
+            "IngressReady",
+            f"the Ingress {owner.name} routes {url(spec, owner, exposure)} (address {address})",
+        )
+    return Condition(
+        EXPOSURE_READY,
+        UNKNOWN,
+        "AwaitingAddress",
+        f"the Ingress {owner.name} exists; no ingress controller has published an address yet",
+    )
+
+
+def _route_condition(route: Mapping[str, Any]) -> Condition:
+    name = (route.get("metadata") or {}).get("name")
+    admitted: list[Mapping[str, Any]] = []
+    for ingress in (route.get("status") or {}).get("ingress") or []:
+        for cond in ingress.get("conditions") or []:
+            if cond.get("type") == "Admitted":
+                admitted.append(
+                    {**cond, "routerName": ingress.get("routerName"), "host": ingress.get("host")}
+                )
+    rejected = [c for c in admitted if c.get("status") == FALSE]
+    if rejected:
+        c = rejected[0]
+        return Condition(
+            EXPOSURE_READY,
+            FALSE,
+            "RouteNotAdmitted",
+            f"router {c.get('routerName')} rejected the Route {name}: "
+            f"{c.get('reason') or ''} {_one_line(c.get('message') or '')}".strip(),
+        )
+    accepted = [c for c in admitted if c.get("status") == TRUE]
+    if accepted:
+        return Condition(
+            EXPOSURE_READY,
+            TRUE,
+            "Admitted",
+            f"the Route {name} is admitted by router {accepted[0].get('routerName')} "
+            f"at {accepted[0].get('host')}",
+        )
+    return Condition(
+        EXPOSURE_READY,
+        UNKNOWN,
+        "AwaitingAdmission",
+        f"the Route {name} exists; no router has admitted it yet",
+    )
+
+
+def monitoring_condition(
+    spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities, monitor: Mapping[str, Any] | None
+) -> Condition:
+    if not spec.service_monitor.enabled:
+        return Condition(MONITORING_READY, TRUE, "Disabled", "monitoring.serviceMonitor.enabled is false")
+    if not capabilities.service_monitors:
+        return Condition(
+            MONITORING_READY,
+            FALSE,
+            "ServiceMonitorAPIMissing",
+            "the monitoring.coreos.com/v1 ServiceMonitor API is not served: install the Prometheus "
+            "operator or set monitoring.serviceMonitor.enabled=false",
+        )
+    if monitor is None:
+        return Condition(
+            MONITORING_READY,
+            FALSE,
+            "ServiceMonitorPending",
+            f"the ServiceMonitor {owner.name} does not exist yet",
+        )
+    return Condition(
+        MONITORING_READY,
+        TRUE,
+        "ServiceMonitorReady",
+        f"the ServiceMonitor {owner.name} scrapes /metrics every {spec.service_monitor.interval}",
+    )
+
+
+def ready_condition(
+    *,
+    spec: MnistModelSpec | None,
+    owner: Owner,
+    rollout: RolloutState,
+    problems: Sequence[PodProblem],
+    progressing: Condition,
+    exposure: Condition | None,
+    problem: Problem | None,
+    served_url: str,
+) -> Condition:
+    if problem is not None:
+        return Condition(READY, FALSE, problem.reason, problem.message)
+    if not rollout.exists:
+        return Condition(READY, FALSE, "DeploymentPending", f"the Deployment {owner.name} does not exist yet")
+    if rollout.deadline_exceeded:
+        return Condition(READY, FALSE, "ProgressDeadlineExceeded", progressing.message)
+    if rollout.desired == 0:
+        return Condition(READY, FALSE, "ScaledToZero", "replicas is 0: no pod serves the model")
+    stuck = [p for p in problems if p.reason in _STUCK_REASONS]
+    if not rollout.complete or progressing.status == TRUE:
+        if stuck:
+            return Condition(READY, FALSE, _top_reason(stuck), f"{progressing.message}: {_describe(stuck)}")
+        reason = "RolloutPending" if progressing.reason == "RolloutPending" else "RolloutInProgress"
+        return Condition(READY, FALSE, reason, progressing.message)
+    if rollout.ready < rollout.desired or rollout.unavailable > 0:
+        counts = f"{rollout.ready} of {rollout.desired} replicas ready"
+        if problems:
+            return Condition(READY, FALSE, _top_reason(problems), f"{counts}: {_describe(problems)}")
+        return Condition(READY, FALSE, "PodsNotReady", counts)
+    if exposure is not None and exposure.status == FALSE:
+        return Condition(READY, FALSE, "ExposureNotReady", exposure.message)
+    version = spec.model_version if spec is not None else rollout.template_version
+    return Condition(
+        READY,
+        TRUE,
+        "Serving",
+        f"version {version} is served by {rollout.ready} ready replicas at {served_url}",
+    )
+
+
+def conditions_for(
+    spec: MnistModelSpec | None, owner: Owner, observed: Observed, capabilities: api.Capabilities
+) -> list[Condition]:
+    rollout = rollout_state(observed.deployment)
+    problems = pod_problems(observed.pods)
+    deadline = spec.rollout.progress_deadline_seconds if spec is not None else None
+    progressing = progressing_condition(rollout, spec, deadline, problems)
+    available = available_condition(rollout, problems)
+    if spec is None:
+        reason = observed.problem.reason if observed.problem else "InvalidSpec"
+        exposure = Condition(EXPOSURE_READY, UNKNOWN, reason, "the spec is not valid")
+        monitoring = Condition(MONITORING_READY, UNKNOWN, reason, "the spec is not valid")
+    else:
+        exposure = exposure_condition(spec, owner, capabilities, observed.exposure)
+        monitoring = monitoring_condition(spec, owner, capabilities, observed.service_monitor)
+    ready = ready_condition(
+        spec=spec,
+        owner=owner,
+        rollout=rollout,
+        problems=problems,
+        progressing=progressing,
+        exposure=exposure,
+        problem=observed.problem,
+        served_url=url(spec, owner, observed.exposure),
+    )
+    return [ready, available, progressing, exposure, monitoring]
+
+
+def compute_status(
+    *,
+    spec: MnistModelSpec | None,
+    owner: Owner,
+    observed: Observed,
+    capabilities: api.Capabilities,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    """The complete status subresource for a MnistModel (keys with no value are left out)."""
+    previous = previous or {}
+    rollout = rollout_state(observed.deployment)
+    conditions = conditions_for(spec, owner, observed, capabilities)
+    if rollout.complete and rollout.desired > 0:
+        served = rollout.template_version
+    elif rollout.exists and rollout.desired == 0:
+        served = None
+    else:  # mid-rollout the pods still serve what they served before
+        served = previous.get("modelVersion")
+    deployment_status = (observed.deployment or {}).get("status") or {}
+    status: dict[str, Any] = {
+        "observedGeneration": owner.generation,
+        "url": url(spec, owner, observed.exposure),
+        "modelVersion": served,
+        "replicas": int(deployment_status.get("replicas") or 0),
+        "readyReplicas": int(deployment_status.get("readyReplicas") or 0),
+        "selector": selector_string(owner),
+        "conditions": merge_conditions(previous.get("conditions") or [], conditions, owner.generation, now),
+    }
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]], new: Sequence[Condition], generation: int, now: str
+) -> list[dict[str, Any]]:
+    """New conditions, keeping each one's lastTransitionTime unless its status flipped.
+
+    Conditions of types we do not own (set by someone else) are kept as they are.
+    """
+    old = {c.get("type"): c for c in previous}
+    merged: list[dict[str, Any]] = []
+    for cond in new:
+        before = old.get(cond.type) or {}
+        unchanged = before.get("status") == cond.status and before.get("lastTransitionTime")
+        merged.append(
+            {
+                "type": cond.type,
+                "status": cond.status,
+                "reason": cond.reason,
+                "message": cond.message,
+                "observedGeneration": generation,
+                "lastTransitionTime": before["lastTransitionTime"] if unchanged else now,
+            }
+        )
+    ours = {c.type for c in new}
+    merged.extend(dict(c) for c in previous if c.get("type") not in ours)
+    return merged
+
+
+def transition_events(
+    previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
+) -> list[Event]:
+    """Kubernetes Events worth posting for a status change: transitions only, never every loop."""
+    old = {c.get("type"): c for c in previous}
+    events: list[Event] = []
+    for cond in current:
+        before = old.get(cond["type"]) or {}
+        status, reason, message = cond["status"], cond["reason"], cond["message"]
+        flipped = before.get("status") != status
+        new_reason = before.get("reason") != reason
+        if cond["type"] == READY:
+            if status == TRUE and flipped:
+                events.append(Event("Normal", "Ready", message))
+            elif status == FALSE and new_reason and reason not in QUIET_REASONS:
+                events.append(
+                    Event(
+                        "Warning",
+                        "Degraded" if before.get("status") == TRUE else reason,
+                        f"{reason}: {message}",
+                    )
+                )
+        elif cond["type"] == PROGRESSING:
+            if status == TRUE and flipped:
+                events.append(Event("Normal", "RolloutStarted", message))
+            elif reason == "ProgressDeadlineExceeded" and new_reason:
+                events.append(Event("Warning", reason, message))
+        elif cond["type"] in (EXPOSURE_READY, MONITORING_READY) and status == FALSE and new_reason:
+            events.append(Event("Warning", reason, message))
+    return events
