@@ -1,0 +1,69 @@
+"""Multiprocess metrics: two workers' values (simulated in one process) add up on /metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mnist_server.app import create_app
+from mnist_server.settings import Settings
+from prometheus_client import CollectorRegistry, multiprocess, values
+from prometheus_client.parser import text_string_to_metric_families
+from server_support import FakeModel, image_with_digit
+
+
+def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_two_workers_metrics_are_aggregated_and_a_dead_workers_info_disappears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server_settings: Settings
+) -> None:
+    # What gunicorn does with WORKERS > 1: each process writes its own files in the directory.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    pid = {"current": 1001}
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid["current"]))
+
+    def worker(worker_pid: int, version: str) -> FakeModel:
+        pid["current"] = worker_pid
+        model = FakeModel(version=version)
+        model.load()
+        return model
+
+    first = create_app(server_settings, worker(1001, "3"), CollectorRegistry(), multiprocess_dir=tmp_path)
+    first.test_client().post("/predict", json={"inputs": image_with_digit(4).tolist()})
+    second = create_app(server_settings, worker(1002, "4"), CollectorRegistry(), multiprocess_dir=tmp_path)
+    client = second.test_client()
+    client.post("/predict", json={"inputs": [image_with_digit(4).tolist(), image_with_digit(2).tolist()]})
+    client.post("/predict", json={"inputs": "nope"})
+
+    samples = scrape(client.get("/metrics").get_data(as_text=True))
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, frozenset(labels.items()))]
+
+    assert value("mnist_server_requests_total", endpoint="/predict", status_class="2xx") == 2
+    assert value("mnist_server_requests_total", endpoint="/predict", status_class="4xx") == 1
+    assert value("mnist_server_predictions_total", digit="4") == 2
+    assert value("mnist_server_predictions_total", digit="2") == 1
+    assert value("mnist_server_inference_batch_size_sum") == 3
+    assert value("mnist_server_errors_total", reason="wrong_dtype") == 1
+    assert value("mnist_server_model_info", model_name="mnist", model_version="3") == 1
+    assert value("mnist_server_model_info", model_name="mnist", model_version="4") == 1
+
+    multiprocess.mark_process_dead(1001, str(tmp_path))  # gunicorn's child_exit hook does this
+
+    after = scrape(client.get("/metrics").get_data(as_text=True))
+    # Absent in real workers; here the first app's objects live on in "worker" 1002 at 0.
+    dead_info = ("mnist_server_model_info", frozenset({("model_name", "mnist"), ("model_version", "3")}))
+    assert after.get(dead_info, 0) == 0
+    assert (
+        after[("mnist_server_model_info", frozenset({("model_name", "mnist"), ("model_version", "4")}))] == 1
+    )
+    # Counters keep what the dead worker counted: they must never go backwards.
+    key = ("mnist_server_requests_total", frozenset({("endpoint", "/predict"), ("status_class", "2xx")}))
+    assert after[key] == 2
