@@ -1,0 +1,64 @@
+"""Operator settings from MNIST_OPERATOR_* variables: defaults, parsing and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from mnist_operator.settings import OperatorSettings, SettingsError
+
+
+def test_defaults_without_environment() -> None:
+    settings = OperatorSettings.from_env({})
+    assert settings == OperatorSettings()
+    assert settings.namespaces == ()  # cluster-wide
+    assert (settings.health_port, settings.metrics_port) == (8081, 8080)
+
+
+def test_every_variable_is_read() -> None:
+    settings = OperatorSettings.from_env({
+        "MNIST_OPERATOR_IMAGE": "registry.local/mnist-server:7",
+        "MNIST_OPERATOR_NAMESPACES": " team-a, team-b ,,",
+        "MNIST_OPERATOR_LOG_FORMAT": "JSON",
+        "MNIST_OPERATOR_LOG_LEVEL": "debug",
+        "MNIST_OPERATOR_BIND_ADDRESS": "127.0.0.1",
+        "MNIST_OPERATOR_HEALTH_PORT": "9001",
+        "MNIST_OPERATOR_METRICS_PORT": "9002",
+        "MNIST_OPERATOR_WORKERS": "2",
+        "MNIST_OPERATOR_RESYNC_SECONDS": "30.5",
+        "MNIST_OPERATOR_DISCOVERY_TTL_SECONDS": "0",
+        "UNRELATED": "x",
+    })
+    assert settings == OperatorSettings(
+        default_image="registry.local/mnist-server:7",
+        namespaces=("team-a", "team-b"),
+        log_format="json",
+        log_level="debug",
+        bind_address="127.0.0.1",
+        health_port=9001,
+        metrics_port=9002,
+        workers=2,
+        resync_seconds=30.5,
+        discovery_ttl_seconds=0,
+    )
+
+
+def test_blank_values_mean_default() -> None:
+    assert OperatorSettings.from_env({"MNIST_OPERATOR_IMAGE": "  ", "MNIST_OPERATOR_WORKERS": ""}) == OperatorSettings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("LOG_FORMAT", "xml", "plain or json"),
+        ("LOG_LEVEL", "loud", "debug, info"),
+        ("HEALTH_PORT", "http", "expected an integer"),
+        ("METRICS_PORT", "70000", "not a TCP port"),
+        ("WORKERS", "0", "at least 1"),
+        ("RESYNC_SECONDS", "soon", "expected a number"),
+        ("HEALTH_PORT", "8080", "must differ"),
+    ],
+)
+def test_invalid_values_name_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        OperatorSettings.from_env({f"MNIST_OPERATOR_{name}": value})
+    assert f"MNIST_OPERATOR_{name}" in str(caught.value)
+    assert expected in str(caught.value)
