@@ -11,6 +11,7 @@ them, and the master marks a worker's live gauges dead when the worker exits.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -58,6 +59,7 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is u
             "proc_name": "mnist-server",
             "control_socket_disable": True,  # would otherwise create a socket under $HOME
             "worker_tmp_dir": str(SHM) if SHM.is_dir() else None,
+            "worker_exit": _worker_exit,
             "child_exit": _child_exit,
             "on_exit": _on_exit,
         }
@@ -97,6 +99,21 @@ def serve(settings: Settings, model_version: ModelVersion) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     multiprocess_dir = prepare_metrics_mode(settings.workers)
     ServerApplication(settings, model_version, multiprocess_dir).run()
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, once it has finished its in-flight requests and is about to exit.
+
+    With TensorFlow loaded, the interpreter's own teardown burns seconds of CPU per worker
+    (about 3 s alone, 10 s for two workers on two busy cores) and frees nothing the kernel will
+    not: after a normal shutdown, flush the logs and leave at once. Other exits keep their code.
+    """
+    error = sys.exc_info()[1]
+    if isinstance(error, SystemExit) and error.code in (0, None):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _child_exit(server: Any, worker: Any) -> None:
