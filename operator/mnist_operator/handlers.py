@@ -22,7 +22,7 @@ import kopf
 from mnist_operator import api
 from mnist_operator.cache import Cache, owner_key, pod_projection, snapshot
 from mnist_operator.controller import Reconciler
-from mnist_operator.kube import Discovery, KubeClient
+from mnist_operator.kube import Discovery, KubeClient, default_login
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.workqueue import WorkQueue
@@ -94,12 +94,16 @@ class Operator:
 def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     managed = {api.LABEL_MANAGED_BY: api.MANAGED_BY}
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="start", registry=registry)
     async def start(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         configure_kopf(settings)
         await op.start(kwargs)
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return await default_login()  # the same credentials as our own client
+
+    @kopf.on.cleanup(id="stop", registry=registry)
     async def stop(**_: Any) -> None:
         await op.stop()
 
@@ -111,7 +115,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     def index_models(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace or "", name): snapshot(body)}
 
-    @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
+    @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="event_mnistmodel", registry=registry)
     def model_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
         key = (namespace or "", name)
         if type == "DELETED":
@@ -137,7 +141,9 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         instance = labels.get(api.LABEL_INSTANCE)
         return {(namespace or "", instance): pod_projection(body)} if instance else {}
 
-    @kopf.on.event(api.POD.group, api.POD.version, api.POD.plural, labels=managed, registry=registry)
+    @kopf.on.event(
+        api.POD.group, api.POD.version, api.POD.plural, id="event_pod", labels=managed, registry=registry
+    )
     def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         instance = labels.get(api.LABEL_INSTANCE)
         op.enqueue_owner((namespace or "", instance) if instance else None)
@@ -146,6 +152,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         api.CRD.group,
         api.CRD.version,
         api.CRD.plural,
+        id="event_optional_crd",
         registry=registry,
         when=lambda name, **_: name in OPTIONAL_CRDS,
     )

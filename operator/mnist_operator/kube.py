@@ -46,16 +46,20 @@ class ApiError(Exception):
 
 
 async def default_login() -> kopf.ConnectionInfo:
-    """In-cluster service account or kubeconfig, the way kopf itself logs in."""
+    """In-cluster service account, else the kubeconfig in $KUBECONFIG (read now, not at import),
+    else whatever the official client can make of it (exec plugins, auth providers)."""
     settings = kopf.OperatorSettings()
-    for login in (kopf.login_via_client, kopf.login_with_service_account, kopf.login_with_kubeconfig):
-        try:
-            info = login(logger=logger, settings=settings)
-        except kopf.LoginError:
-            continue
-        if info is not None:
-            return info
-    raise kopf.LoginError("no Kubernetes credentials: neither a service account nor a kubeconfig")
+    info = kopf.login_with_service_account(settings=settings)
+    if info is None:
+        info = kopf.login_with_kubeconfig(settings=settings)
+        has_credentials = info is not None and (
+            info.token or info.certificate_path or info.certificate_data or info.username
+        )
+        if not has_credentials:
+            info = kopf.login_via_client(logger=logger, settings=settings)
+    if info is None:
+        raise kopf.LoginError("no Kubernetes credentials: neither a service account nor a kubeconfig")
+    return info
 
 
 class KubeClient:

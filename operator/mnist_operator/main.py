@@ -33,8 +33,9 @@ def configure_logging(settings: OperatorSettings) -> None:
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(verbose=settings.log_level == "debug", log_format=log_format)
     logging.getLogger().setLevel(settings.log_level.upper())
-    # Each reconcile's API calls are our business, not aiohttp's access log.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # kopf says "Handler ... succeeded" for every watch event; our own log lines say what happened.
+    if settings.log_level != "debug":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,23 +95,30 @@ class RolloutState:
     unavailable: int
     deadline_exceeded: bool
     minimum_available: bool
+    # The Deployment controller's own verdict that the current ReplicaSet finished rolling out.
+    new_replica_set_available: bool
     template_version: str | None
 
     @property
-    def complete(self) -> bool:
+    def rolled_out(self) -> bool:
+        """Every pod runs the latest template and the rollout itself finished (pods may fail later)."""
         return (
             self.exists
             and self.observed
             and self.updated == self.desired
             and self.total == self.desired
-            and self.available == self.desired
-            and self.unavailable == 0
+            and (self.available == self.desired or self.new_replica_set_available)
         )
+
+    @property
+    def complete(self) -> bool:
+        """Rolled out and every replica available right now."""
+        return self.rolled_out and self.available == self.desired and self.unavailable == 0
 
 
 def rollout_state(deployment: Mapping[str, Any] | None) -> RolloutState:
     if deployment is None:
-        return RolloutState(False, False, 0, 0, 0, 0, 0, 0, False, False, None)
+        return RolloutState(False, False, 0, 0, 0, 0, 0, 0, False, False, False, None)
     meta = deployment.get("metadata") or {}
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
@@ -131,6 +138,8 @@ def rollout_state(deployment: Mapping[str, Any] | None) -> RolloutState:
         deadline_exceeded=progressing.get("status") == FALSE
         and progressing.get("reason") == "ProgressDeadlineExceeded",
         minimum_available=available.get("status") == TRUE,
+        new_replica_set_available=progressing.get("status") == TRUE
+        and progressing.get("reason") == "NewReplicaSetAvailable",
         template_version=labels.get(api.LABEL_VERSION),
     )
 
@@ -182,6 +191,11 @@ def _pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     return PodProblem(name, "Pending", f"pod is {pod.get('phase') or 'Pending'}")
 
 
+def _replicas(count: int, adjective: str = "") -> str:
+    words = [str(count), adjective, "replica" if count == 1 else "replicas"]
+    return " ".join(w for w in words if w)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:200]
 
@@ -230,7 +244,7 @@ def available_condition(rollout: RolloutState, problems: Sequence[PodProblem]) -
         return Condition(AVAILABLE, FALSE, "DeploymentPending", "the Deployment does not exist yet")
     if rollout.desired == 0:
         return Condition(AVAILABLE, FALSE, "ScaledToZero", "replicas is 0: no pod serves the model")
-    counts = f"{rollout.available} of {rollout.desired} replicas available"
+    counts = f"{rollout.available} of {_replicas(rollout.desired)} available"
     if rollout.available >= 1 and rollout.minimum_available:
         return Condition(AVAILABLE, TRUE, "MinimumReplicasAvailable", counts)
     if problems:
@@ -260,20 +274,20 @@ def progressing_condition(
             "RolloutPending",
             f"waiting for the Deployment controller to start rolling out version {version}",
         )
-    if not rollout.complete:
+    if not rollout.rolled_out:
         message = (
             f"rolling out version {version}: {rollout.updated} of {rollout.desired} updated replicas, "
             f"{rollout.available} available"
         )
         old = rollout.total - rollout.updated
         if old > 0:
-            message += f", {old} old replicas still running"
+            message += f", {_replicas(old, 'old')} still running"
         return Condition(PROGRESSING, TRUE, "RollingOut", message)
     return Condition(
         PROGRESSING,
         FALSE,
         "RolloutComplete",
-        f"version {rollout.template_version} is rolled out to {rollout.desired} replicas",
+        f"version {rollout.template_version} is rolled out to {_replicas(rollout.desired)}",
     )
 
 
@@ -405,13 +419,13 @@ def ready_condition(
     if rollout.desired == 0:
         return Condition(READY, FALSE, "ScaledToZero", "replicas is 0: no pod serves the model")
     stuck = [p for p in problems if p.reason in _STUCK_REASONS]
-    if not rollout.complete or progressing.status == TRUE:
+    if not rollout.rolled_out or progressing.status == TRUE:
         if stuck:
             return Condition(READY, FALSE, _top_reason(stuck), f"{progressing.message}: {_describe(stuck)}")
         reason = "RolloutPending" if progressing.reason == "RolloutPending" else "RolloutInProgress"
         return Condition(READY, FALSE, reason, progressing.message)
-    if rollout.ready < rollout.desired or rollout.unavailable > 0:
-        counts = f"{rollout.ready} of {rollout.desired} replicas ready"
+    if not rollout.complete or rollout.ready < rollout.desired:
+        counts = f"{min(rollout.ready, rollout.available)} of {_replicas(rollout.desired)} ready"
         if problems:
             return Condition(READY, FALSE, _top_reason(problems), f"{counts}: {_describe(problems)}")
         return Condition(READY, FALSE, "PodsNotReady", counts)
@@ -422,7 +436,7 @@ def ready_condition(
         READY,
         TRUE,
         "Serving",
-        f"version {version} is served by {rollout.ready} ready replicas at {served_url}",
+        f"version {version} is served by {_replicas(rollout.ready, 'ready')} at {served_url}",
     )
 
 
@@ -467,7 +481,7 @@ def compute_status(
     previous = previous or {}
     rollout = rollout_state(observed.deployment)
     conditions = conditions_for(spec, owner, observed, capabilities)
-    if rollout.complete and rollout.desired > 0:
+    if rollout.rolled_out and rollout.desired > 0:
         served = rollout.template_version
     elif rollout.exists and rollout.desired == 0:
         served = None

@@ -33,31 +33,60 @@ def build(spec: dict[str, Any], caps: api.Capabilities = PLAIN) -> dict[str, dic
         ({"modelVersion": "1"}, OPENSHIFT, ["Deployment", "Service"]),
         ({"modelVersion": "1", "exposure": {"enabled": True}}, PLAIN, ["Deployment", "Service", "Ingress"]),
         ({"modelVersion": "1", "exposure": {"enabled": True}}, OPENSHIFT, ["Deployment", "Service", "Route"]),
-        ({"modelVersion": "1", "exposure": {"enabled": False, "host": "a.b"}}, OPENSHIFT, ["Deployment", "Service"]),
+        (
+            {"modelVersion": "1", "exposure": {"enabled": False, "host": "a.b"}},
+            OPENSHIFT,
+            ["Deployment", "Service"],
+        ),
         # An Ingress cannot re-encrypt: nothing half-configured is created; status says why.
-        ({"modelVersion": "1", "exposure": {"enabled": True, "host": "a.b", "tls": "reencrypt"}}, PLAIN,
-         ["Deployment", "Service"]),
-        ({"modelVersion": "1", "monitoring": {"serviceMonitor": {"enabled": True}}}, PLAIN, ["Deployment", "Service"]),
-        ({"modelVersion": "1", "monitoring": {"serviceMonitor": {"enabled": True}}}, OPENSHIFT,
-         ["Deployment", "Service", "ServiceMonitor"]),
-        ({"modelVersion": "1", "autoscaling": {"maxReplicas": 3}}, PLAIN,
-         ["Deployment", "Service", "HorizontalPodAutoscaler"]),
+        (
+            {"modelVersion": "1", "exposure": {"enabled": True, "host": "a.b", "tls": "reencrypt"}},
+            PLAIN,
+            ["Deployment", "Service"],
+        ),
+        (
+            {"modelVersion": "1", "monitoring": {"serviceMonitor": {"enabled": True}}},
+            PLAIN,
+            ["Deployment", "Service"],
+        ),
+        (
+            {"modelVersion": "1", "monitoring": {"serviceMonitor": {"enabled": True}}},
+            OPENSHIFT,
+            ["Deployment", "Service", "ServiceMonitor"],
+        ),
+        (
+            {"modelVersion": "1", "autoscaling": {"maxReplicas": 3}},
+            PLAIN,
+            ["Deployment", "Service", "HorizontalPodAutoscaler"],
+        ),
     ],
 )
-def test_children_depend_on_spec_and_capabilities(spec: dict[str, Any], caps: api.Capabilities,
-                                                    kinds: list[str]) -> None:
+def test_children_depend_on_spec_and_capabilities(
+    spec: dict[str, Any], caps: api.Capabilities, kinds: list[str]
+) -> None:
     assert list(build(spec, caps)) == kinds
 
 
 def test_every_child_is_named_owned_and_labelled() -> None:
-    spec = {"modelVersion": "7", "exposure": {"enabled": True}, "autoscaling": {"maxReplicas": 2},
-            "monitoring": {"serviceMonitor": {"enabled": True}}}
+    spec = {
+        "modelVersion": "7",
+        "exposure": {"enabled": True},
+        "autoscaling": {"maxReplicas": 2},
+        "monitoring": {"serviceMonitor": {"enabled": True}},
+    }
     for obj in build(spec, OPENSHIFT).values():
         meta = obj["metadata"]
         assert (meta["name"], meta["namespace"]) == ("digits", "ml")
-        assert meta["ownerReferences"] == [{"apiVersion": "aidevsecops.dev/v1alpha1", "kind": "MnistModel",
-                                            "name": "digits", "uid": "uid-1", "controller": True,
-                                            "blockOwnerDeletion": True}]
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "aidevsecops.dev/v1alpha1",
+                "kind": "MnistModel",
+                "name": "digits",
+                "uid": "uid-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
         labels = meta["labels"]
         assert labels["app.kubernetes.io/name"] == "mnist-server"
         assert labels["app.kubernetes.io/instance"] == "digits"  # ours, never Argo CD's value
@@ -70,10 +99,15 @@ def test_every_child_is_named_owned_and_labelled() -> None:
 
 def test_pod_template_carries_only_the_standard_labels() -> None:
     template = build({"modelVersion": "7"})["Deployment"]["spec"]["template"]
-    assert template["metadata"] == {"labels": {
-        "app.kubernetes.io/name": "mnist-server", "app.kubernetes.io/instance": "digits",
-        "app.kubernetes.io/component": "model-server", "app.kubernetes.io/managed-by": "mnist-operator",
-        "app.kubernetes.io/version": "7"}}
+    assert template["metadata"] == {
+        "labels": {
+            "app.kubernetes.io/name": "mnist-server",
+            "app.kubernetes.io/instance": "digits",
+            "app.kubernetes.io/component": "model-server",
+            "app.kubernetes.io/managed-by": "mnist-operator",
+            "app.kubernetes.io/version": "7",
+        }
+    }
 
 
 def test_a_label_edit_on_the_model_does_not_touch_the_pod_template() -> None:
@@ -88,9 +122,13 @@ def test_deployment_runs_the_server_restricted_with_probes() -> None:
     deployment = build({"modelVersion": "4", "replicas": 3})["Deployment"]
     spec = deployment["spec"]
     assert spec["replicas"] == 3
-    assert spec["selector"] == {"matchLabels": {"app.kubernetes.io/name": "mnist-server",
-                                                "app.kubernetes.io/instance": "digits"}}
-    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert spec["selector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "mnist-server", "app.kubernetes.io/instance": "digits"}
+    }
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     assert spec["progressDeadlineSeconds"] == 600
     pod = spec["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
@@ -102,72 +140,119 @@ def test_deployment_runs_the_server_restricted_with_probes() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
-    assert container["env"][:3] == [{"name": "MNIST_SERVER_MODEL_VERSION", "value": "4"},
-                                    {"name": "MNIST_SERVER_HOST", "value": "0.0.0.0"},
-                                    {"name": "MNIST_SERVER_PORT", "value": "8080"}]
-    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+    assert container["env"][:3] == [
+        {"name": "MNIST_SERVER_MODEL_VERSION", "value": "4"},
+        {"name": "MNIST_SERVER_HOST", "value": "0.0.0.0"},
+        {"name": "MNIST_SERVER_PORT", "value": "8080"},
+    ]
+    assert container["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "1Gi"},
+    }
 
 
 def test_deployment_takes_the_user_settings() -> None:
-    pod = build({
-        "modelVersion": "4", "image": "mine:1", "imagePullPolicy": "Always",
-        "resources": {"limits": {"cpu": 2}},
-        "env": [{"name": "A", "value": "1"}, {"name": "EMPTY", "value": ""},
-                {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": False}}}],
-        "nodeSelector": {"pool": "cpu"},
-        "tolerations": [{"key": "k", "operator": "Exists", "value": ""}],
-        "serviceAccountName": "runner",
-        "rollout": {"maxSurge": "50%", "maxUnavailable": 1, "progressDeadlineSeconds": 60},
-    })["Deployment"]["spec"]["template"]["spec"]
+    pod = build(
+        {
+            "modelVersion": "4",
+            "image": "mine:1",
+            "imagePullPolicy": "Always",
+            "resources": {"limits": {"cpu": 2}},
+            "env": [
+                {"name": "A", "value": "1"},
+                {"name": "EMPTY", "value": ""},
+                {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": False}}},
+            ],
+            "nodeSelector": {"pool": "cpu"},
+            "tolerations": [{"key": "k", "operator": "Exists", "value": ""}],
+            "serviceAccountName": "runner",
+            "rollout": {"maxSurge": "50%", "maxUnavailable": 1, "progressDeadlineSeconds": 60},
+        }
+    )["Deployment"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert (container["image"], container["imagePullPolicy"]) == ("mine:1", "Always")
     assert container["resources"] == {"limits": {"cpu": 2}}
     # Empty strings are dropped as the API server drops them, or every resync would see drift.
-    assert container["env"][3:] == [{"name": "A", "value": "1"}, {"name": "EMPTY"},
-                                    {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k",
-                                                                                 "optional": False}}}]
+    assert container["env"][3:] == [
+        {"name": "A", "value": "1"},
+        {"name": "EMPTY"},
+        {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": False}}},
+    ]
     assert pod["nodeSelector"] == {"pool": "cpu"}
     assert pod["tolerations"] == [{"key": "k", "operator": "Exists"}]
     assert pod["serviceAccountName"] == "runner"
 
 
 def test_with_autoscaling_the_deployment_leaves_replicas_to_the_hpa() -> None:
-    children = build({"modelVersion": "1", "autoscaling": {"minReplicas": 2, "maxReplicas": 6,
-                                                            "targetCPUUtilizationPercentage": 70}})
+    children = build(
+        {
+            "modelVersion": "1",
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 70},
+        }
+    )
     assert "replicas" not in children["Deployment"]["spec"]
     hpa = children["HorizontalPodAutoscaler"]
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"] == {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "digits"},
-        "minReplicas": 2, "maxReplicas": 6,
-        "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization",
-                                                                                "averageUtilization": 70}}}],
+        "minReplicas": 2,
+        "maxReplicas": 6,
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+            }
+        ],
     }
 
 
 def test_service_selects_the_pods_on_the_named_port() -> None:
     svc = build({"modelVersion": "1"})["Service"]["spec"]
-    assert svc == {"type": "ClusterIP",
-                   "selector": {"app.kubernetes.io/name": "mnist-server", "app.kubernetes.io/instance": "digits"},
-                   "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}
+    assert svc == {
+        "type": "ClusterIP",
+        "selector": {"app.kubernetes.io/name": "mnist-server", "app.kubernetes.io/instance": "digits"},
+        "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+    }
 
 
 @pytest.mark.parametrize(
     ("exposure", "expected"),
     [
-        ({"enabled": True}, {"to": {"kind": "Service", "name": "digits", "weight": 100},
-                             "port": {"targetPort": "http"}, "wildcardPolicy": "None"}),
-        ({"enabled": True, "host": "m.example.com", "tls": "edge"},
-         {"to": {"kind": "Service", "name": "digits", "weight": 100}, "port": {"targetPort": "http"},
-          "wildcardPolicy": "None", "host": "m.example.com",
-          "tls": {"termination": "edge", "insecureEdgeTerminationPolicy": "Redirect"}}),
-        ({"enabled": True, "host": "m.example.com", "tls": "reencrypt"},
-         {"to": {"kind": "Service", "name": "digits", "weight": 100}, "port": {"targetPort": "http"},
-          "wildcardPolicy": "None", "host": "m.example.com",
-          "tls": {"termination": "reencrypt", "insecureEdgeTerminationPolicy": "Redirect"}}),
+        (
+            {"enabled": True},
+            {
+                "to": {"kind": "Service", "name": "digits", "weight": 100},
+                "port": {"targetPort": "http"},
+                "wildcardPolicy": "None",
+            },
+        ),
+        (
+            {"enabled": True, "host": "m.example.com", "tls": "edge"},
+            {
+                "to": {"kind": "Service", "name": "digits", "weight": 100},
+                "port": {"targetPort": "http"},
+                "wildcardPolicy": "None",
+                "host": "m.example.com",
+                "tls": {"termination": "edge", "insecureEdgeTerminationPolicy": "Redirect"},
+            },
+        ),
+        (
+            {"enabled": True, "host": "m.example.com", "tls": "reencrypt"},
+            {
+                "to": {"kind": "Service", "name": "digits", "weight": 100},
+                "port": {"targetPort": "http"},
+                "wildcardPolicy": "None",
+                "host": "m.example.com",
+                "tls": {"termination": "reencrypt", "insecureEdgeTerminationPolicy": "Redirect"},
+            },
+        ),
     ],
 )
 def test_route(exposure: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -177,15 +262,35 @@ def test_route(exposure: dict[str, Any], expected: dict[str, Any]) -> None:
 
 
 def test_ingress_with_tls_class_and_annotations() -> None:
-    ingress = build({"modelVersion": "1", "exposure": {
-        "enabled": True, "host": "m.example.com", "tls": "edge", "ingressClassName": "nginx",
-        "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}}})["Ingress"]
+    ingress = build(
+        {
+            "modelVersion": "1",
+            "exposure": {
+                "enabled": True,
+                "host": "m.example.com",
+                "tls": "edge",
+                "ingressClassName": "nginx",
+                "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+            },
+        }
+    )["Ingress"]
     assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
     assert ingress["spec"] == {
         "ingressClassName": "nginx",
-        "rules": [{"host": "m.example.com", "http": {"paths": [{
-            "path": "/", "pathType": "Prefix",
-            "backend": {"service": {"name": "digits", "port": {"name": "http"}}}}]}}],
+        "rules": [
+            {
+                "host": "m.example.com",
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": "digits", "port": {"name": "http"}}},
+                        }
+                    ]
+                },
+            }
+        ],
         "tls": [{"hosts": ["m.example.com"], "secretName": "digits-tls"}],
     }
 
@@ -197,14 +302,25 @@ def test_ingress_without_host_or_tls() -> None:
 
 
 def test_service_monitor_scrapes_metrics_with_extra_labels() -> None:
-    monitor = build({"modelVersion": "1", "monitoring": {"serviceMonitor": {
-        "enabled": True, "interval": "15s", "labels": {"release": "prom",
-                                                       "app.kubernetes.io/name": "not-allowed"}}}},
-                    OPENSHIFT)["ServiceMonitor"]
+    monitor = build(
+        {
+            "modelVersion": "1",
+            "monitoring": {
+                "serviceMonitor": {
+                    "enabled": True,
+                    "interval": "15s",
+                    "labels": {"release": "prom", "app.kubernetes.io/name": "not-allowed"},
+                }
+            },
+        },
+        OPENSHIFT,
+    )["ServiceMonitor"]
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["metadata"]["labels"]["app.kubernetes.io/name"] == "mnist-server"
     assert monitor["spec"] == {
-        "selector": {"matchLabels": {"app.kubernetes.io/name": "mnist-server", "app.kubernetes.io/instance": "digits"}},
+        "selector": {
+            "matchLabels": {"app.kubernetes.io/name": "mnist-server", "app.kubernetes.io/instance": "digits"}
+        },
         "endpoints": [{"port": "http", "path": "/metrics", "scheme": "http", "interval": "15s"}],
     }
 

@@ -17,14 +17,17 @@ OWNER = Owner("digits", "ml", "uid-1")
 
 
 def deployment(spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    return stamp(desired(parse_spec(spec or {"modelVersion": "1"}), OWNER, OperatorSettings(), api.Capabilities())[0])
+    return stamp(
+        desired(parse_spec(spec or {"modelVersion": "1"}), OWNER, OperatorSettings(), api.Capabilities())[0]
+    )
 
 
 def as_stored(obj: dict[str, Any]) -> dict[str, Any]:
     """What the API server hands back: our fields plus defaults, status and server metadata."""
     live = copy.deepcopy(obj)
-    live["metadata"].update({"uid": "d-1", "resourceVersion": "42", "generation": 1,
-                             "creationTimestamp": "2026-01-01T00:00:00Z"})
+    live["metadata"].update(
+        {"uid": "d-1", "resourceVersion": "42", "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"}
+    )
     live["spec"]["revisionHistoryLimit"] = 10
     pod = live["spec"]["template"]["spec"]
     pod.update({"restartPolicy": "Always", "dnsPolicy": "ClusterFirst", "schedulerName": "default-scheduler"})
@@ -65,7 +68,8 @@ def test_a_changed_spec_needs_apply_even_when_it_only_removes_a_field() -> None:
         lambda d: d["metadata"]["labels"].pop("app.kubernetes.io/managed-by"),
         lambda d: d["spec"]["template"]["spec"]["containers"][0]["env"].pop(0),
         lambda d: d["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(
-            allowPrivilegeEscalation=True),
+            allowPrivilegeEscalation=True
+        ),
         lambda d: d["metadata"]["annotations"].pop(api.HASH_ANNOTATION),
     ],
 )
@@ -87,8 +91,12 @@ def test_fields_added_by_others_are_not_drift() -> None:
 
 
 def test_canonicalised_quantities_are_equal() -> None:
-    want = deployment({"modelVersion": "1", "resources": {"requests": {"cpu": "1000m", "memory": 1073741824},
-                                                          "limits": {"memory": "1024Mi"}}})
+    want = deployment(
+        {
+            "modelVersion": "1",
+            "resources": {"requests": {"cpu": "1000m", "memory": 1073741824}, "limits": {"memory": "1024Mi"}},
+        }
+    )
     live = as_stored(want)
     container = live["spec"]["template"]["spec"]["containers"][0]
     container["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
@@ -99,9 +107,19 @@ def test_canonicalised_quantities_are_equal() -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("1", Decimal(1)), ("500m", Decimal("0.5")), ("1Gi", Decimal(2**30)), ("1.5k", Decimal(1500)),
-     ("2e3", Decimal(2000)), (3, Decimal(3)), ("100n", Decimal("1e-7")), ("abc", None), ("1Q", None),
-     (True, None), (None, None)],
+    [
+        ("1", Decimal(1)),
+        ("500m", Decimal("0.5")),
+        ("1Gi", Decimal(2**30)),
+        ("1.5k", Decimal(1500)),
+        ("2e3", Decimal(2000)),
+        (3, Decimal(3)),
+        ("100n", Decimal("1e-7")),
+        ("abc", None),
+        ("1Q", None),
+        (True, None),
+        (None, None),
+    ],
 )
 def test_parse_quantity(text: Any, value: Decimal | None) -> None:
     assert parse_quantity(text) == value
@@ -124,15 +142,30 @@ def test_types_must_match() -> None:
 
 
 def test_controller_uid() -> None:
-    assert controller_uid({"metadata": {"ownerReferences": [{"uid": "a"}, {"uid": "b", "controller": True}]}}) == "b"
+    assert (
+        controller_uid({"metadata": {"ownerReferences": [{"uid": "a"}, {"uid": "b", "controller": True}]}})
+        == "b"
+    )
     assert controller_uid({"metadata": {}}) is None
 
 
 def test_manager_owns_reads_managed_fields() -> None:
-    live = {"metadata": {"managedFields": [
-        {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
-        {"manager": "mnist-operator", "operation": "Apply", "fieldsV1": {"f:spec": {"f:template": {}}}},
-    ]}}
+    live = {
+        "metadata": {
+            "managedFields": [
+                {
+                    "manager": "kube-controller-manager",
+                    "operation": "Update",
+                    "fieldsV1": {"f:spec": {"f:replicas": {}}},
+                },
+                {
+                    "manager": "mnist-operator",
+                    "operation": "Apply",
+                    "fieldsV1": {"f:spec": {"f:template": {}}},
+                },
+            ]
+        }
+    }
     assert not manager_owns(live, "mnist-operator", ("spec", "replicas"))
     live["metadata"]["managedFields"][1]["fieldsV1"]["f:spec"]["f:replicas"] = {}
     assert manager_owns(live, "mnist-operator", ("spec", "replicas"))

@@ -53,7 +53,9 @@ class FakeClient:
         self.writes.append(("delete", kind.kind, ""))
         self.objects.pop((kind.kind, namespace, name), None)
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
         self.writes.append(("patch-status", api.KIND, ""))
         body = self.objects[(api.KIND, namespace, name)]
         body["status"] = {k: v for k, v in status.items() if v is not None}
@@ -83,10 +85,18 @@ class FakeIndexes:
 
 
 def model(spec: dict[str, Any], *, generation: int = 1) -> dict[str, Any]:
-    return {"apiVersion": api.API_VERSION, "kind": api.KIND,
-            "metadata": {"name": "digits", "namespace": "ml", "uid": "uid-model", "generation": generation,
-                         "resourceVersion": "1"},
-            "spec": spec}
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {
+            "name": "digits",
+            "namespace": "ml",
+            "uid": "uid-model",
+            "generation": generation,
+            "resourceVersion": "1",
+        },
+        "spec": spec,
+    }
 
 
 @pytest.fixture
@@ -95,8 +105,14 @@ def world() -> tuple[FakeClient, Cache, FakeIndexes, Reconciler]:
     cache = Cache()
     indexes = FakeIndexes(client, cache)
     discovery = Discovery(client, ttl=0)  # type: ignore[arg-type]
-    reconciler = Reconciler(OperatorSettings(), client, discovery, cache,  # type: ignore[arg-type]
-                            Metrics.create(CollectorRegistry()), now=lambda: NOW)
+    reconciler = Reconciler(
+        OperatorSettings(),
+        client,
+        discovery,
+        cache,  # type: ignore[arg-type]
+        Metrics.create(CollectorRegistry()),
+        now=lambda: NOW,
+    )
     return client, cache, indexes, reconciler
 
 
@@ -113,10 +129,17 @@ def complete_rollout(client: FakeClient, indexes: FakeIndexes) -> None:
     replicas = dep["spec"].get("replicas", 1)
     dep["metadata"]["generation"] = 1
     dep["metadata"]["resourceVersion"] = str(next(client._rv))
-    dep["status"] = {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
-                     "readyReplicas": replicas, "availableReplicas": replicas,
-                     "conditions": [{"type": "Available", "status": "True"},
-                                    {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}
+    dep["status"] = {
+        "observedGeneration": 1,
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "readyReplicas": replicas,
+        "availableReplicas": replicas,
+        "conditions": [
+            {"type": "Available", "status": "True"},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+        ],
+    }
     indexes.sync()
 
 
@@ -124,8 +147,11 @@ async def test_first_reconcile_creates_children_and_status(world: Any) -> None:
     client, _, indexes, reconcile = world
     create(client, indexes, {"modelVersion": "1"})
     await reconcile(("ml", "digits"))
-    assert client.writes == [("apply", "Deployment", "mnist-operator"), ("apply", "Service", "mnist-operator"),
-                             ("patch-status", "MnistModel", "")]
+    assert client.writes == [
+        ("apply", "Deployment", "mnist-operator"),
+        ("apply", "Service", "mnist-operator"),
+        ("patch-status", "MnistModel", ""),
+    ]
     status = client.objects[(api.KIND, "ml", "digits")]["status"]
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "RolloutPending")
@@ -143,8 +169,9 @@ async def test_an_unchanged_model_makes_no_write(world: Any) -> None:
         await reconcile(("ml", "digits"))
         indexes.sync()
     assert len(client.writes) == writes
-    ready = next(c for c in client.objects[(api.KIND, "ml", "digits")]["status"]["conditions"]
-                 if c["type"] == "Ready")
+    ready = next(
+        c for c in client.objects[(api.KIND, "ml", "digits")]["status"]["conditions"] if c["type"] == "Ready"
+    )
     assert ready["status"] == "True"
     assert client.events[-1] == ("Normal", "Ready")
 
@@ -175,7 +202,9 @@ async def test_a_hand_edited_child_is_put_back(world: Any) -> None:
     create(client, indexes, {"modelVersion": "1"})
     await reconcile(("ml", "digits"))
     indexes.sync()
-    client.objects[("Deployment", "ml", "digits")]["spec"]["template"]["spec"]["containers"][0]["image"] = "evil"
+    client.objects[("Deployment", "ml", "digits")]["spec"]["template"]["spec"]["containers"][0]["image"] = (
+        "evil"
+    )
     client.objects[("Deployment", "ml", "digits")]["metadata"]["resourceVersion"] = "999"
     indexes.sync()
     client.writes.clear()
@@ -206,8 +235,10 @@ async def test_a_rejected_child_is_reported_and_retried(world: Any) -> None:
         await reconcile(("ml", "digits"))
     assert caught.value.delay == 60
     ready = client.objects[(api.KIND, "ml", "digits")]["status"]["conditions"][0]
-    assert (ready["reason"], ready["message"]) == ("ChildInvalid",
-                                                   "the API server rejected the Deployment: spec.template: bad")
+    assert (ready["reason"], ready["message"]) == (
+        "ChildInvalid",
+        "the API server rejected the Deployment: spec.template: bad",
+    )
     assert ("Warning", "ChildInvalid") in client.events
 
 
@@ -239,15 +270,18 @@ async def test_switching_to_autoscaling_hands_replicas_over_first(world: Any) ->
     create(client, indexes, {"modelVersion": "1", "replicas": 4})
     await reconcile(("ml", "digits"))
     dep = client.objects[("Deployment", "ml", "digits")]
-    dep["metadata"]["managedFields"] = [{"manager": "mnist-operator", "operation": "Apply",
-                                         "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
+    dep["metadata"]["managedFields"] = [
+        {"manager": "mnist-operator", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+    ]
     dep["metadata"]["resourceVersion"] = "500"
     indexes.sync()
     client.writes.clear()
     create(client, indexes, {"modelVersion": "1", "autoscaling": {"minReplicas": 2, "maxReplicas": 5}}, 2)
     await reconcile(("ml", "digits"))
-    assert client.writes[:2] == [("apply", "Deployment", "mnist-operator-handover"),
-                                 ("apply", "Deployment", "mnist-operator")]
+    assert client.writes[:2] == [
+        ("apply", "Deployment", "mnist-operator-handover"),
+        ("apply", "Deployment", "mnist-operator"),
+    ]
     assert ("apply", "HorizontalPodAutoscaler", "mnist-operator") in client.writes
 
 

@@ -14,19 +14,21 @@ def test_defaults_without_environment() -> None:
 
 
 def test_every_variable_is_read() -> None:
-    settings = OperatorSettings.from_env({
-        "MNIST_OPERATOR_IMAGE": "registry.local/mnist-server:7",
-        "MNIST_OPERATOR_NAMESPACES": " team-a, team-b ,,",
-        "MNIST_OPERATOR_LOG_FORMAT": "JSON",
-        "MNIST_OPERATOR_LOG_LEVEL": "debug",
-        "MNIST_OPERATOR_BIND_ADDRESS": "127.0.0.1",
-        "MNIST_OPERATOR_HEALTH_PORT": "9001",
-        "MNIST_OPERATOR_METRICS_PORT": "9002",
-        "MNIST_OPERATOR_WORKERS": "2",
-        "MNIST_OPERATOR_RESYNC_SECONDS": "30.5",
-        "MNIST_OPERATOR_DISCOVERY_TTL_SECONDS": "0",
-        "UNRELATED": "x",
-    })
+    settings = OperatorSettings.from_env(
+        {
+            "MNIST_OPERATOR_IMAGE": "registry.local/mnist-server:7",
+            "MNIST_OPERATOR_NAMESPACES": " team-a, team-b ,,",
+            "MNIST_OPERATOR_LOG_FORMAT": "JSON",
+            "MNIST_OPERATOR_LOG_LEVEL": "debug",
+            "MNIST_OPERATOR_BIND_ADDRESS": "127.0.0.1",
+            "MNIST_OPERATOR_HEALTH_PORT": "9001",
+            "MNIST_OPERATOR_METRICS_PORT": "9002",
+            "MNIST_OPERATOR_WORKERS": "2",
+            "MNIST_OPERATOR_RESYNC_SECONDS": "30.5",
+            "MNIST_OPERATOR_DISCOVERY_TTL_SECONDS": "0",
+            "UNRELATED": "x",
+        }
+    )
     assert settings == OperatorSettings(
         default_image="registry.local/mnist-server:7",
         namespaces=("team-a", "team-b"),
@@ -42,7 +44,10 @@ def test_every_variable_is_read() -> None:
 
 
 def test_blank_values_mean_default() -> None:
-    assert OperatorSettings.from_env({"MNIST_OPERATOR_IMAGE": "  ", "MNIST_OPERATOR_WORKERS": ""}) == OperatorSettings()
+    assert (
+        OperatorSettings.from_env({"MNIST_OPERATOR_IMAGE": "  ", "MNIST_OPERATOR_WORKERS": ""})
+        == OperatorSettings()
+    )
 
 
 @pytest.mark.parametrize(

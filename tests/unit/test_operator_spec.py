@@ -26,22 +26,34 @@ def test_minimal_spec_gets_every_default() -> None:
 
 
 def test_full_spec_is_parsed_into_dataclasses() -> None:
-    spec = parse_spec({
-        "modelVersion": "2024-06-01",
-        "image": "registry.local/mnist-server:2",
-        "imagePullPolicy": "IfNotPresent",
-        "autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetCPUUtilizationPercentage": 60},
-        "resources": {"requests": {"cpu": "250m", "memory": 1073741824}},
-        "env": [{"name": "MNIST_SERVER_THREADS", "value": "4"},
-                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
-        "nodeSelector": {"pool": "cpu"},
-        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
-        "serviceAccountName": "mnist",
-        "rollout": {"maxSurge": "25%", "maxUnavailable": 1, "progressDeadlineSeconds": 120},
-        "exposure": {"enabled": True, "host": "mnist.apps.example.com", "tls": "edge",
-                     "tlsSecretName": "cert", "ingressClassName": "nginx", "annotations": {"a": "b"}},
-        "monitoring": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}},
-    })
+    spec = parse_spec(
+        {
+            "modelVersion": "2024-06-01",
+            "image": "registry.local/mnist-server:2",
+            "imagePullPolicy": "IfNotPresent",
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetCPUUtilizationPercentage": 60},
+            "resources": {"requests": {"cpu": "250m", "memory": 1073741824}},
+            "env": [
+                {"name": "MNIST_SERVER_THREADS", "value": "4"},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            ],
+            "nodeSelector": {"pool": "cpu"},
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            "serviceAccountName": "mnist",
+            "rollout": {"maxSurge": "25%", "maxUnavailable": 1, "progressDeadlineSeconds": 120},
+            "exposure": {
+                "enabled": True,
+                "host": "mnist.apps.example.com",
+                "tls": "edge",
+                "tlsSecretName": "cert",
+                "ingressClassName": "nginx",
+                "annotations": {"a": "b"},
+            },
+            "monitoring": {
+                "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}
+            },
+        }
+    )
     assert spec.autoscaling == Autoscaling(2, 5, 60)
     assert spec.fixed_replicas is None  # the HPA owns the count
     assert spec.resources == {"requests": {"cpu": "250m", "memory": 1073741824}}
@@ -54,7 +66,9 @@ def test_full_spec_is_parsed_into_dataclasses() -> None:
 
 
 def test_autoscaling_defaults() -> None:
-    assert parse_spec({"modelVersion": "1", "autoscaling": {"maxReplicas": 4}}).autoscaling == Autoscaling(1, 4, 80)
+    assert parse_spec({"modelVersion": "1", "autoscaling": {"maxReplicas": 4}}).autoscaling == Autoscaling(
+        1, 4, 80
+    )
 
 
 def test_explicit_zero_replicas_is_kept() -> None:
@@ -73,9 +87,14 @@ def test_explicit_zero_replicas_is_kept() -> None:
         ({"modelVersion": "1", "replicas": True}, "replicas"),
         ({"modelVersion": "1", "replicas": 2, "autoscaling": {"maxReplicas": 3}}, "replicas"),
         ({"modelVersion": "1", "autoscaling": {}}, "autoscaling.maxReplicas"),
-        ({"modelVersion": "1", "autoscaling": {"minReplicas": 4, "maxReplicas": 3}}, "autoscaling.minReplicas"),
-        ({"modelVersion": "1", "autoscaling": {"maxReplicas": 3, "targetCPUUtilizationPercentage": 101}},
-         "autoscaling.targetCPUUtilizationPercentage"),
+        (
+            {"modelVersion": "1", "autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
+            "autoscaling.minReplicas",
+        ),
+        (
+            {"modelVersion": "1", "autoscaling": {"maxReplicas": 3, "targetCPUUtilizationPercentage": 101}},
+            "autoscaling.targetCPUUtilizationPercentage",
+        ),
         ({"modelVersion": "1", "image": " "}, "image"),
         ({"modelVersion": "1", "rollout": {"maxSurge": 0, "maxUnavailable": "0%"}}, "rollout.maxUnavailable"),
         ({"modelVersion": "1", "rollout": {"maxSurge": "101%"}}, "rollout.maxSurge"),
@@ -85,8 +104,10 @@ def test_explicit_zero_replicas_is_kept() -> None:
         ({"modelVersion": "1", "exposure": {"tls": "edge"}}, "exposure.host"),
         ({"modelVersion": "1", "exposure": {"tls": "passthrough", "host": "a.b"}}, "exposure.tls"),
         ({"modelVersion": "1", "exposure": {"enabled": "yes"}}, "exposure.enabled"),
-        ({"modelVersion": "1", "monitoring": {"serviceMonitor": {"interval": "30"}}},
-         "monitoring.serviceMonitor.interval"),
+        (
+            {"modelVersion": "1", "monitoring": {"serviceMonitor": {"interval": "30"}}},
+            "monitoring.serviceMonitor.interval",
+        ),
         ({"modelVersion": "1", "env": [{"name": "MNIST_SERVER_MODEL_VERSION", "value": "2"}]}, "env[0].name"),
         ({"modelVersion": "1", "env": [{"value": "2"}]}, "env[0].name"),
         ({"modelVersion": "1", "resources": {"limits": {"cpu": ["1"]}}}, "resources.limits"),
