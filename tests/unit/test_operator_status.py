@@ -119,7 +119,7 @@ def conds(
             Observed(deployment=deployment(total=4, updated=3)),
             "False",
             "RolloutInProgress",
-            "1 old replicas still running",
+            "1 old replica still running",
         ),
         (
             Observed(deployment=deployment(updated=1, progressing=("False", "ProgressDeadlineExceeded"))),
