@@ -7,6 +7,7 @@ the error's HTTP status, and counted by reason.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from importlib import metadata
@@ -41,8 +42,8 @@ IMAGE_TYPES = ("image/png", "image/jpeg")
 MULTIPART = "multipart/form-data"
 UPLOAD_FIELD = "file"
 
-_MODEL = "<segment:name>"
-_VERSION = "<segment:name>/versions/<segment:version>"
+_MODEL = "<name>"
+_VERSION = "<name>/versions/<version>"
 # (method, rule, handler): the whole HTTP surface in one table.
 ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/healthz", "healthz"),
@@ -83,7 +84,8 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
-    app.url_map.converters["segment"] = _PathSegment
+    # Also keeps the route templates (the metrics' endpoint label) free of converter names.
+    app.url_map.converters["default"] = _PathSegment
     metrics = ServerMetrics(registry, model.name, model.version)
     server = _Server(settings, model, metrics, exposition_registry(registry, multiprocess_dir))
     for method, rule, handler in ROUTES:
@@ -283,9 +285,7 @@ def _elapsed() -> float:
 
 
 def _json_dumps(value: Any) -> str:
-    from flask import current_app
-
-    return current_app.json.dumps(value)
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _from_http(error: HTTPException, settings: Settings) -> ApiError:

@@ -71,11 +71,13 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is u
 
 
 def build_worker_app(settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None) -> Flask:
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, disable_created_metrics
 
     from mnist_server.app import create_app
     from mnist_server.model import SavedModel, load_in_background
 
+    # `_created` series would double the exposition, and nothing here reads them.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     model = SavedModel(model_version)
     app = create_app(settings, model, CollectorRegistry(), multiprocess_dir=multiprocess_dir)
     load_in_background(model)

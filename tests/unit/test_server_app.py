@@ -538,7 +538,7 @@ def test_metrics_count_requests_by_route_template_and_status_class(
 
     assert requests("/predict", "2xx") == 2
     assert requests("/predict", "4xx") == 1
-    assert requests("/v2/models/<segment:name>/infer", "2xx") == 1
+    assert requests("/v2/models/<name>/infer", "2xx") == 1
     assert requests("unmatched", "4xx") == 1
     labels = {"endpoint": "/predict", "status_class": "2xx"}
     assert server_registry.get_sample_value("mnist_server_request_duration_seconds_count", labels) == 2
