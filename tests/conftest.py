@@ -1,0 +1,109 @@
+"""Root conftest: the real local control plane, shared by the whole test session.
+
+Only cluster options and fixtures live here; each test directory keeps its own fixtures in
+its own conftest.py.
+
+- `cluster` (session): one LocalCluster (hack/localcluster.py) for the run, in a pytest tmp
+  dir, stopped at the end; its processes die with pytest even if pytest is killed. With
+  MNIST_TEST_KUBECONFIG=<state dir>/kubeconfig (e.g. `.cluster/kubeconfig` after
+  `python hack/localcluster.py up`) the tests reuse that running cluster instead and leave it up.
+- `namespace` (function): a fresh namespace per test, deleted afterwards without waiting.
+- `cluster_env` (function): KUBECONFIG and PATH (the cluster's kubectl first) set for the test.
+- `--no-cluster` or MNIST_NO_CLUSTER=1 skips every test marked `cluster`; any test that uses
+  the `cluster` fixture (directly or through another fixture) is marked automatically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from localcluster import ClusterError, LocalCluster
+
+log = logging.getLogger(__name__)
+
+_STARTUP_KEY = pytest.StashKey[str]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--no-cluster",
+        action="store_true",
+        default=os.environ.get("MNIST_NO_CLUSTER", "") == "1",
+        help="skip tests that need the local control plane (also: MNIST_NO_CLUSTER=1)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip = pytest.mark.skip(reason="needs the local control plane (--no-cluster / MNIST_NO_CLUSTER=1)")
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+        if config.getoption("--no-cluster") and item.get_closest_marker("cluster"):
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    line = config.stash.get(_STARTUP_KEY, None)
+    if line:
+        terminalreporter.write_sep("-", line)
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    reuse = os.environ.get("MNIST_TEST_KUBECONFIG")
+    if reuse:
+        attached = LocalCluster.attach(Path(reuse))
+        broken = [h for h in attached.health() if not h.ok]
+        if broken:
+            raise ClusterError(broken[0].component, f"MNIST_TEST_KUBECONFIG={reuse}: {broken[0].detail}")
+        request.config.stash[_STARTUP_KEY] = f"local cluster: reused {attached.api_url} ({reuse})"
+        yield attached
+        return
+
+    started = time.monotonic()
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), bound_to_parent=True)
+    bin_dir = local.bin_dir  # finds or builds the binaries; reported apart from start-up
+    build_seconds = time.monotonic() - started
+    local.start()
+    summary = (
+        f"local cluster: started in {local.startup_seconds:.1f} s "
+        f"(binaries found/built in {build_seconds:.1f} s: {bin_dir}); state {local.state_dir}"
+    )
+    log.info(summary)
+    request.config.stash[_STARTUP_KEY] = summary
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    # A readable, unique, DNS-1123 name: test name prefix plus a random suffix.
+    stem = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def cluster_env(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """KUBECONFIG and PATH for code under test that finds the cluster itself (kopf, kubectl).
+
+    Note for kopf: with the `kubernetes` client installed, kopf's default login reads the
+    kubeconfig path that the client captured at import time; add
+    `@kopf.on.login() def login(**kw): return kopf.login_with_kubeconfig(**kw)` so it reads
+    KUBECONFIG when it logs in.
+    """
+    for key, value in cluster.env().items():
+        monkeypatch.setenv(key, value)
+    return cluster.kubeconfig
