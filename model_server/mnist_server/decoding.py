@@ -71,7 +71,8 @@ def numeric_array(value: Any, field: str, check_booleans: bool) -> npt.NDArray[A
     except ValueError:
         # NumPy's message ("inhomogeneous shape after 2 dimensions") is accurate but cryptic.
         raise InvalidInputError(
-            f"{field} is ragged: every image must be 28 rows of 28 numbers", Reason.WRONG_SHAPE
+            f"{field} is ragged (or nested too deeply): every image must be 28 rows of 28 numbers",
+            Reason.WRONG_SHAPE,
         ) from None
     kind = array.dtype.kind
     if kind == "b" or (kind in "iuf" and check_booleans and _holds_booleans(array, value)):
