@@ -1,7 +1,7 @@
 """Write argocd-cm-patch.yaml from mnistmodel-health.lua (the one source of the health check).
 
-    python manifests/argocd/render_health_snippet.py          # rewrite the patch
-    python manifests/argocd/render_health_snippet.py --check  # exit 1 if it is out of date
+python manifests/argocd/render_health_snippet.py          # rewrite the patch
+python manifests/argocd/render_health_snippet.py --check  # exit 1 if it is out of date
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def render(lua: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="only verify that the patch is up to date")
     args = parser.parse_args(argv)
     wanted = render(LUA.read_text())
