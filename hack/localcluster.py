@@ -170,7 +170,7 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
-def _pid_is(pid: int, component: str) -> bool:
+def component_alive(pid: int, component: str) -> bool:
     """Whether pid is a live (not zombie) process of that component: guards against pid reuse."""
     try:
         argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
@@ -300,7 +300,7 @@ class LocalCluster:
             self._state = ClusterState.load(self.state_file)
         if self._state is None:
             return False
-        return any(_pid_is(pid, name) for name, pid in self._state.pids.items())
+        return any(component_alive(pid, name) for name, pid in self._state.pids.items())
 
     # ----- start --------------------------------------------------------------------------
 
@@ -632,7 +632,7 @@ class LocalCluster:
 
     def _terminate(self, component: str, pid: int, grace: float) -> None:
         proc = self._procs.get(component)
-        if proc is None and not _pid_is(pid, component):
+        if proc is None and not component_alive(pid, component):
             return  # gone already, or the pid now belongs to someone else
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
@@ -650,7 +650,7 @@ class LocalCluster:
                 return False
             return True
         deadline = time.monotonic() + timeout
-        while _pid_is(pid, component):
+        while component_alive(pid, component):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.1)
@@ -815,7 +815,7 @@ class LocalCluster:
         report = []
         for component in COMPONENTS:
             pid = self.state.pids.get(component)
-            if pid is None or not _pid_is(pid, component):
+            if pid is None or not component_alive(pid, component):
                 report.append(Health(component, False, "not running"))
             elif probes[component]():
                 report.append(Health(component, True, f"pid {pid}, healthy"))

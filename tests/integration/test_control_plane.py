@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 from kopf.testing import KopfRunner
-from localcluster import OPERATOR_USER, REPO_ROOT, LocalCluster
+from localcluster import COMPONENTS, OPERATOR_USER, REPO_ROOT, ClusterError, LocalCluster, component_alive
 
 pytestmark = pytest.mark.cluster
 
@@ -230,3 +233,47 @@ def test_audit_log_records_writes_but_not_reads(cluster: LocalCluster, namespace
     ]
     assert events[0]["level"] == "Metadata"
     assert events[0]["stage"] == "ResponseComplete"
+
+
+class BrokenEtcd(LocalCluster):
+    def _etcd_args(self) -> list[str]:
+        return ["--no-such-flag"]
+
+
+def test_a_failing_component_is_reported_with_its_log_tail(cluster: LocalCluster, tmp_path: Path) -> None:
+    broken = BrokenEtcd(tmp_path / "state", bin_dir=cluster.bin_dir, bound_to_parent=True)
+    with pytest.raises(ClusterError) as failure:
+        broken.start()
+    assert failure.value.component == "etcd"
+    assert "exited with code" in failure.value.problem
+    assert "no-such-flag" in str(failure.value)  # etcd's own complaint, from its log
+
+
+CHILD = textwrap.dedent("""\
+    import json, sys, time
+    from pathlib import Path
+    from localcluster import LocalCluster
+    cluster = LocalCluster(Path(sys.argv[1]), bin_dir=Path(sys.argv[2]), bound_to_parent=True).start()
+    print(json.dumps(cluster.state.pids), flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.slow
+def test_components_die_with_a_killed_parent(cluster: LocalCluster, tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "state"), str(cluster.bin_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "hack")},
+    )
+    try:
+        assert child.stdout is not None
+        pids: dict[str, int] = json.loads(child.stdout.readline())
+        assert set(pids) == set(COMPONENTS)
+        child.kill()  # SIGKILL: no atexit, no finalizer runs in the child
+        child.wait()
+    finally:
+        child.kill()
+    wait_for(lambda: not any(component_alive(pid, name) for name, pid in pids.items()),
+             "every component to die with its parent", timeout=15)  # fmt: skip
