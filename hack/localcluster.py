@@ -847,6 +847,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "up":
         if cluster.is_running():
+            broken = [h for h in LocalCluster.attach(cluster.state_dir).health() if not h.ok]
+            if broken:
+                problems = ", ".join(f"{h.component}: {h.detail}" for h in broken)
+                print(f"a cluster in {cluster.state_dir} is unhealthy ({problems}); run `down`, then `up`",
+                      file=sys.stderr)  # fmt: skip
+                return 1
             print(f"already running (state in {cluster.state_dir})", file=sys.stderr)
         else:
             try:
