@@ -23,11 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from localcluster import ClusterError, LocalCluster
+from localcluster import ClusterError, LocalCluster, find_bin_dir
 
 log = logging.getLogger(__name__)
 
 _STARTUP_KEY = pytest.StashKey[str]()
+_BIN_DIR_KEY = pytest.StashKey[Path]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,6 +47,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.cluster)
         if config.getoption("--no-cluster") and item.get_closest_marker("cluster"):
             item.add_marker(skip)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Find (or build) the binaries before any test runs, outside every test's timeout.
+
+    A cold build takes ~25 min on 2 cores; inside the fixture, pytest-timeout would cut it.
+    """
+    config = session.config
+    wanted = any(item.get_closest_marker("cluster") for item in session.items)
+    if wanted and not config.getoption("--no-cluster") and not os.environ.get("MNIST_TEST_KUBECONFIG"):
+        started = time.monotonic()
+        config.stash[_BIN_DIR_KEY] = find_bin_dir()
+        log.info("control plane binaries found/built in %.1f s", time.monotonic() - started)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -68,15 +82,10 @@ def cluster(
         yield attached
         return
 
-    started = time.monotonic()
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"), bound_to_parent=True)
-    bin_dir = local.bin_dir  # finds or builds the binaries; reported apart from start-up
-    build_seconds = time.monotonic() - started
+    bin_dir = request.config.stash.get(_BIN_DIR_KEY, None)
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), bin_dir=bin_dir, bound_to_parent=True)
     local.start()
-    summary = (
-        f"local cluster: started in {local.startup_seconds:.1f} s "
-        f"(binaries found/built in {build_seconds:.1f} s: {bin_dir}); state {local.state_dir}"
-    )
+    summary = f"local cluster: started in {local.startup_seconds:.1f} s; state in {local.state_dir}"
     log.info(summary)
     request.config.stash[_STARTUP_KEY] = summary
     try:
