@@ -29,7 +29,9 @@ MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 # Hash of the last applied desired object: tells "our spec changed" (including removed fields,
 # which a subset comparison cannot see) apart from "nothing to do", without a dry-run write.
-HASH_ANNOTATION = f"{GROUP}/applied-hash"
+# A label, not an annotation: a Deployment's generation moves with its annotations, and a new
+# generation would read as a rollout (Ready=False) on a mere label edit of the MnistModel.
+HASH_LABEL = f"{GROUP}/applied-hash"
 
 # Labels and annotations of the MnistModel that never reach its children: Argo CD's tracking
 # metadata (children carry their own ownerReferences) and the well-known app labels we set ourselves.

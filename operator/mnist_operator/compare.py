@@ -1,7 +1,7 @@
 """Decide, without writing, whether a live child already matches what we would apply.
 
 Two checks, both needed:
-- the applied-hash annotation says whether *our desired object* changed since the last apply
+- the applied-hash label says whether *our desired object* changed since the last apply
   (a subset check alone cannot see a field we stopped setting, which the apply must remove);
 - a subset check says whether *someone else* changed a field we own (drift, e.g. a hand edit).
 Fields others add (defaults, other field managers) are not our business, exactly as with
@@ -44,18 +44,18 @@ def digest(obj: Mapping[str, Any]) -> str:
 
 
 def stamp(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a desired object carrying the hash of itself in an annotation."""
+    """A copy of a desired object carrying the hash of itself in a label."""
     stamped = copy.deepcopy(dict(obj))
     meta = stamped.setdefault("metadata", {})
-    meta["annotations"] = {**meta.get("annotations", {}), api.HASH_ANNOTATION: digest(obj)}
+    meta["labels"] = {**meta.get("labels", {}), api.HASH_LABEL: digest(obj)}
     return stamped
 
 
 def needs_apply(stamped: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
     if live is None:
         return True
-    want_hash = stamped["metadata"]["annotations"][api.HASH_ANNOTATION]
-    have_hash = ((live.get("metadata") or {}).get("annotations") or {}).get(api.HASH_ANNOTATION)
+    want_hash = stamped["metadata"]["labels"][api.HASH_LABEL]
+    have_hash = ((live.get("metadata") or {}).get("labels") or {}).get(api.HASH_LABEL)
     return want_hash != have_hash or not is_subset(stamped, live)
 
 

@@ -36,6 +36,7 @@ def configure_logging(settings: OperatorSettings) -> None:
     # kopf says "Handler ... succeeded" for every watch event; our own log lines say what happened.
     if settings.log_level != "debug":
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every liveness probe
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ def test_a_changed_spec_needs_apply_even_when_it_only_removes_a_field() -> None:
     live = as_stored(with_selector)
     # The live object still has our old nodeSelector: a subset check alone would miss the removal.
     unstamped = copy.deepcopy(without)
-    del unstamped["metadata"]["annotations"]
+    del unstamped["metadata"]["labels"][api.HASH_LABEL]
     assert is_subset(unstamped, live)
     assert needs_apply(without, live)
 
@@ -70,7 +70,7 @@ def test_a_changed_spec_needs_apply_even_when_it_only_removes_a_field() -> None:
         lambda d: d["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(
             allowPrivilegeEscalation=True
         ),
-        lambda d: d["metadata"]["annotations"].pop(api.HASH_ANNOTATION),
+        lambda d: d["metadata"]["labels"].pop(api.HASH_LABEL),
     ],
 )
 def test_hand_edits_to_our_fields_are_drift(edit: Any) -> None:
@@ -84,7 +84,7 @@ def test_fields_added_by_others_are_not_drift() -> None:
     want = deployment()
     live = as_stored(want)
     live["metadata"]["labels"]["added-by"] = "someone"
-    live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "3"
+    live["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "3"}
     live["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "DEBUG", "value": "1"})
     live["spec"]["template"]["spec"]["containers"].append({"name": "sidecar", "image": "proxy:1"})
     assert not needs_apply(want, live)
