@@ -510,3 +510,53 @@ def test_operator_reports_metrics_and_liveness(op_kube: Any, op_start: Callable[
     assert "mnist_operator_reconcile_duration_seconds_bucket" in text
     assert operator.metric("mnist_operator_api_writes_total", 'kind="Deployment"') >= 1
     assert "mnist_operator_reconcile_errors_total" in text
+
+
+def test_a_crash_looping_pod_is_reported_with_its_reason(op_kube: Any, op_start: Callable[..., Any]) -> None:
+    op_start(op_kube.namespace)
+    op_kube.apply(mnist("crashy"))
+    op_kube.wait_ready("crashy")
+    pods = json.loads(
+        op_kube.kubectl("get", "pods", "-l", "app.kubernetes.io/instance=crashy", "-o", "json").stdout
+    )
+    pod = pods["items"][0]["metadata"]["name"]
+    # kwok runs no containers: report what a kubelet would for a server that keeps crashing.
+    crash = {
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "False"},
+                {"type": "ContainersReady", "status": "False"},
+            ],
+            "containerStatuses": [
+                {
+                    "name": "server",
+                    "ready": False,
+                    "restartCount": 4,
+                    "image": "mnist-server:test",
+                    "imageID": "",
+                    "started": False,
+                    "state": {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": "back-off 1m20s restarting failed container=server",
+                        }
+                    },
+                }
+            ],
+        }
+    }
+    op_kube.kubectl("patch", "pod", pod, "--subresource=status", "--type=merge", "-p", json.dumps(crash))
+
+    ready = op_kube.wait_condition("crashy", "Ready", "False", "CrashLoopBackOff", timeout=15)
+    assert (
+        f"pod {pod}: CrashLoopBackOff (back-off 1m20s restarting failed container=server)" in ready["message"]
+    )
+    assert op_kube.conditions("crashy")["Available"]["reason"] == "CrashLoopBackOff"
+    op_kube.wait_for(
+        lambda: ("Warning", "Degraded") in [(t, r) for t, r, _ in op_kube.events("crashy")],
+        "a Degraded warning event",
+        timeout=15,
+    )
+
+    op_kube.kubectl("delete", "pod", pod, "--wait=false")  # a fresh pod that starts fine
+    op_kube.wait_ready("crashy")
