@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -78,16 +79,21 @@ def create_app(
     registry: CollectorRegistry,
     *,
     multiprocess_dir: Path | None = None,
+    readiness_gate: Callable[[], str | None] | None = None,
 ) -> Flask:
     """The server for one model. ``registry`` holds this process's metrics; with
-    ``multiprocess_dir`` (several gunicorn workers) ``/metrics`` serves all workers' aggregate."""
+    ``multiprocess_dir`` (several gunicorn workers) ``/metrics`` serves all workers' aggregate.
+    ``readiness_gate``, once the model is ready, says why the server is not (e.g. other workers
+    still loading), or None."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     # Also keeps the route templates (the metrics' endpoint label) free of converter names.
     app.url_map.converters["default"] = _PathSegment
     metrics = ServerMetrics(registry, model.name, model.version)
-    server = _Server(settings, model, metrics, exposition_registry(registry, multiprocess_dir))
+    server = _Server(
+        settings, model, metrics, exposition_registry(registry, multiprocess_dir), readiness_gate
+    )
     for method, rule, handler in ROUTES:
         app.add_url_rule(rule, endpoint=handler, view_func=getattr(server, handler), methods=[method])
     app.before_request(server.start_timer)
@@ -102,12 +108,18 @@ class _Server:
     """The route handlers of one app; each is a few lines over the model and the protocols."""
 
     def __init__(
-        self, settings: Settings, model: Model, metrics: ServerMetrics, exposed: CollectorRegistry
+        self,
+        settings: Settings,
+        model: Model,
+        metrics: ServerMetrics,
+        exposed: CollectorRegistry,
+        readiness_gate: Callable[[], str | None] | None,
     ) -> None:
         self.settings = settings
         self.model = model
         self.metrics = metrics
         self.exposed = exposed
+        self.readiness_gate = readiness_gate
         self.version = _package_version()
 
     # --- health, readiness, metrics -------------------------------------------------------
@@ -193,7 +205,8 @@ class _Server:
 
     def error_response(self, error: ApiError, headers: dict[str, str] | None = None) -> Response:
         self.metrics.observe_error(error.reason)
-        level = logging.ERROR if error.status >= 500 else logging.DEBUG
+        # Client errors and "not ready yet" are routine (and counted); only a bug is an error.
+        level = logging.ERROR if error.reason is Reason.INTERNAL else logging.DEBUG
         log.log(level, "%s %s -> %d %s: %s", request.method, request.path, error.status, error.reason, error)
         body = _json_dumps({"error": error.message, "reason": error.reason.value})
         return Response(body, status=error.status, mimetype=JSON, headers=headers)
@@ -229,6 +242,9 @@ class _Server:
         if not self.model.ready:
             failed = self.model.state is LoadState.FAILED
             raise NotReadyError(self.model.state_message, Reason.LOAD_FAILED if failed else Reason.NOT_READY)
+        waiting_for = self.readiness_gate() if self.readiness_gate else None
+        if waiting_for:
+            raise NotReadyError(waiting_for)
 
     def _require_alive(self) -> None:
         # A model that failed to load will not recover in this process: fail liveness so the

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -160,7 +160,7 @@ class SavedModel:
         return self._run(images)
 
 
-def load_in_background(model: Model) -> threading.Thread:
+def load_in_background(model: Model, on_ready: Callable[[], None] | None = None) -> threading.Thread:
     """Load without blocking the worker, so liveness answers and the arbiter sees heartbeats.
 
     A daemon thread: a SIGTERM during a slow load must not wait for TensorFlow to finish.
@@ -171,6 +171,9 @@ def load_in_background(model: Model) -> threading.Thread:
             model.load()
         except ModelLoadError:
             log.exception("model %s version %s is not being served", model.name, model.version)
+            return
+        if on_ready is not None:
+            on_ready()
 
     thread = threading.Thread(target=run, name="model-loader", daemon=True)
     thread.start()

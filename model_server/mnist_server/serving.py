@@ -79,9 +79,48 @@ def build_worker_app(settings: Settings, model_version: ModelVersion, multiproce
     # `_created` series would double the exposition, and nothing here reads them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     model = SavedModel(model_version)
-    app = create_app(settings, model, CollectorRegistry(), multiprocess_dir=multiprocess_dir)
-    load_in_background(model)
+    if multiprocess_dir is None:
+        app = create_app(settings, model, CollectorRegistry())
+        load_in_background(model)
+        return app
+    group = WorkerGroup(multiprocess_dir, settings.workers)
+    app = create_app(
+        settings,
+        model,
+        CollectorRegistry(),
+        multiprocess_dir=multiprocess_dir,
+        readiness_gate=group.not_ready,
+    )
+    pid = os.getpid()
+    load_in_background(model, on_ready=lambda: group.mark_ready(pid))
     return app
+
+
+class WorkerGroup:
+    """Readiness of the whole group of workers, kept as one marker file per ready worker.
+
+    The kubelet's probe reaches whichever worker accepts the connection. Were each worker to
+    answer only for itself, the pod would turn ready when the first worker has loaded, and the
+    requests that reach the others would fail until they have too; so every worker answers for
+    all. The master removes a worker's marker when the worker exits (``_child_exit``).
+    """
+
+    def __init__(self, state_dir: Path, size: int) -> None:
+        self.directory = state_dir / "ready"
+        self.size = size
+
+    def mark_ready(self, pid: int) -> None:
+        self.directory.mkdir(exist_ok=True)
+        (self.directory / str(pid)).touch()
+
+    def forget(self, pid: int) -> None:
+        (self.directory / str(pid)).unlink(missing_ok=True)
+
+    def not_ready(self) -> str | None:
+        ready = len(list(self.directory.glob("*"))) if self.directory.is_dir() else 0
+        if ready >= self.size:
+            return None
+        return f"{ready} of {self.size} workers have loaded the model"
 
 
 def prepare_metrics_mode(workers: int) -> Path | None:
@@ -119,10 +158,12 @@ def _worker_exit(server: Any, worker: Any) -> None:
 
 
 def _child_exit(server: Any, worker: Any) -> None:
-    if os.environ.get(MULTIPROC_ENV):
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+        WorkerGroup(Path(directory), 0).forget(worker.pid)
 
 
 def _on_exit(server: Any) -> None:

@@ -106,18 +106,17 @@ def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def wait_until_every_worker_is_ready(server: Server) -> None:
-    # /readyz answers from whichever worker takes the connection, so readiness of all workers
-    # is read from the log (each logs once when its model has loaded and warmed up).
+    # Whichever worker answers, /readyz is 200 only once every worker has loaded the model.
     deadline = time.monotonic() + STARTUP_DEADLINE_S
     while True:
         if server.process.poll() is not None:
             pytest.fail(f"mnist-server exited with {server.process.returncode}:\n{server.log()}")
-        if server.log().count("loaded model mnist version") >= WORKERS:
-            try:
-                if requests.get(f"{server.url}/readyz", timeout=5).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
+        try:
+            if requests.get(f"{server.url}/readyz", timeout=5).status_code == 200:
+                assert server.log().count("loaded model mnist version") == WORKERS, server.log()
+                return
+        except requests.RequestException:  # not listening yet, or busy importing TensorFlow
+            pass
         if time.monotonic() > deadline:
             pytest.fail(f"mnist-server not ready after {STARTUP_DEADLINE_S:.0f} s:\n{server.log()}")
         time.sleep(0.2)

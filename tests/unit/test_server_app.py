@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from mnist_server.app import create_app
+from mnist_server.settings import Settings
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from server_support import FAKE_CONFIDENCE, SERVER_MAX_BATCH, SERVER_MAX_BODY, FakeModel, image_with_digit
@@ -87,6 +89,21 @@ def test_a_failed_load_fails_readiness_and_liveness_with_the_cause(
     status = client.get("/v1/models/mnist").get_json()["model_version_status"][0]
     assert status["state"] == "END"
     assert "corrupt" in status["status"]["error_message"]
+
+
+def test_readiness_waits_for_the_gate_once_the_model_is_ready(
+    server_make_app: Callable[..., Flask], server_settings: Settings, server_registry: CollectorRegistry
+) -> None:
+    waiting = ["1 of 2 workers have loaded the model"]
+    model = FakeModel()
+    model.load()
+    app = create_app(server_settings, model, server_registry, readiness_gate=lambda: waiting[0] or None)
+    client = app.test_client()
+    assert error_of(client.get("/readyz"), 503, "not_ready") == waiting[0]
+    error_of(client.get("/v2/health/ready"), 503, "not_ready")
+    waiting[0] = ""
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200
 
 
 # --- POST /predict -------------------------------------------------------------------------

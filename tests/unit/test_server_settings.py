@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mnist_server import cli
 from mnist_server.repository import ModelVersion
-from mnist_server.serving import ServerApplication
+from mnist_server.serving import ServerApplication, WorkerGroup
 from mnist_server.settings import VARIABLES, Settings, SettingsError, unknown_variables
 
 
@@ -162,3 +162,16 @@ def test_the_metrics_mode_is_chosen_before_prometheus_client_is_imported(tmp_pat
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True", "MmapedValue"]
+
+
+def test_the_worker_group_is_ready_only_when_every_worker_is(tmp_path: Path) -> None:
+    group = WorkerGroup(tmp_path, 2)
+    assert group.not_ready() == "0 of 2 workers have loaded the model"
+    group.mark_ready(101)
+    group.mark_ready(101)
+    assert group.not_ready() == "1 of 2 workers have loaded the model"
+    WorkerGroup(tmp_path, 2).mark_ready(102)  # another worker process
+    assert group.not_ready() is None
+    group.forget(101)  # the master, when worker 101 exits
+    assert group.not_ready() == "1 of 2 workers have loaded the model"
+    group.forget(999)
