@@ -58,7 +58,7 @@ def export_model(model: Any, root: Path, name: str, version: str, metadata: dict
         archive.write_out(str(saved), verbose=False)
         (saved / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         _fsync_tree(saved)
-        os.rename(saved, final)
+        saved.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ModelVersion(name=name, version=version, path=final)
