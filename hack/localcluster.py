@@ -566,6 +566,10 @@ class LocalCluster:
             f"--kubeconfig={self.pki_dir / 'kwok.kubeconfig'}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION[0]}={NODE_ANNOTATION[1]}",
+            # Keep the node's Lease renewed: without it kwok posts node status only every ~50 s,
+            # the node-lifecycle controller marks the node NotReady after its 50 s grace, and every
+            # pod on it turns Ready=False for good (kwok does not set it back).
+            "--node-lease-duration-seconds=40",
             f"--cidr={POD_CIDR}",
             "--node-ip=127.0.0.1",
             f"--server-address=127.0.0.1:{self.state.ports.kwok}",
