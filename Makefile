@@ -54,6 +54,10 @@ train: install ## train the default model on real MNIST into $(MODELS)/mnist/<ne
 serve: install ## serve the newest model in $(MODELS) on 127.0.0.1:8080
 	MNIST_SERVER_MODEL_ROOT=$(MODELS) MNIST_SERVER_HOST=127.0.0.1 $(BIN)/mnist-server
 
+DEMO_ARGS ?=
+demo: install k8s ## local demo: control plane, CRD, RBAC, operator, a sample MnistModel Ready, a real prediction
+	$(PY) hack/demo.py --models $(MODELS) $(DEMO_ARGS)
+
 BENCH_ARGS ?=
 bench: install ## benchmark the server against KServe and a tutorial-style baseline -> docs/benchmarks.md
 	$(PY) bench/run.py $(BENCH_ARGS)
