@@ -1,0 +1,277 @@
+"""A real Prometheus scraping a real model server, the operator's metrics and kube-state-metrics.
+
+- `model_server`: `mnist-server` on a free 127.0.0.1 port, serving a tiny Keras model exported
+  with mnist_server.export.export_model, with traffic (`traffic`) on every protocol, good and bad;
+- `operator_metrics`: the operator's real metric objects (mnist_operator.metrics.Metrics), fed
+  reconciles by a thread and exposed by prometheus_client's HTTP server (running the operator
+  itself needs a control plane; tests/integration/packaging does that);
+- `kube_state_metrics`: a static kube-state-metrics exposition (kube-state-metrics.prom here),
+  since there are no real Deployments to describe;
+- `prometheus`: /usr/bin/prometheus with a temporary config and data dir, a 1 s scrape interval,
+  the three targets labelled the way the Prometheus operator labels ServiceMonitor targets
+  (namespace, service, pod; job = the Service name), and the shipped alert rules loaded.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from mnist_operator.metrics import Metrics
+from prometheus_client import CollectorRegistry, start_http_server
+
+sys.path.insert(0, str(Path(__file__).parent))
+from monitoring_support import (
+    MODEL_TARGET_LABELS,
+    OPERATOR_TARGET_LABELS,
+    Prometheus,
+    free_port,
+    poll,
+    stop,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+RULE_FILE = ROOT / "manifests" / "monitoring" / "prometheus-rule.yaml"
+PROMETHEUS = shutil.which("prometheus")
+SERVER_SCRIPT = Path(sys.executable).parent / "mnist-server"
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`<root>/mnist/1`: a tiny seeded Keras model (untrained: the metrics are the point here)."""
+    import keras
+    from mnist_server.export import export_model
+
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    root = tmp_path_factory.mktemp("monitoring-models")
+    export_model(model, root, "mnist", "1", {"purpose": "dashboard and alert tests"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_server(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("monitoring-server") / "server.log"
+    env = {
+        **os.environ,
+        "MNIST_SERVER_MODEL_ROOT": str(model_root),
+        "MNIST_SERVER_MODEL_VERSION": "1",
+        "MNIST_SERVER_HOST": "127.0.0.1",
+        "MNIST_SERVER_PORT": str(port),
+        "MNIST_SERVER_WORKERS": "1",
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([str(SERVER_SCRIPT)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool | None:
+        if process.poll() is not None:
+            pytest.fail(f"mnist-server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            return True if requests.get(f"{url}/readyz", timeout=2).status_code == 200 else None
+        except requests.RequestException:
+            return None
+
+    try:
+        poll("mnist-server /readyz", ready, timeout=180, interval=0.3)
+        yield url
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def traffic(model_server: str) -> Iterator[dict[str, int]]:
+    """Requests on every protocol until the module ends: predictions, batches and bad input."""
+    rng = np.random.default_rng(11)
+    sent: dict[str, int] = {"ok": 0, "client_error": 0}
+    stop = threading.Event()
+
+    def one_round() -> None:
+        image = rng.random((28, 28), dtype=np.float32)
+        batch = rng.random((4, 28, 28), dtype=np.float32)
+        calls = [
+            ("/predict", {"inputs": image.tolist()}),
+            ("/predict", {"inputs": batch.tolist()}),
+            (
+                "/v2/models/mnist/infer",
+                {
+                    "inputs": [
+                        {
+                            "name": "images",
+                            "shape": [1, 28, 28],
+                            "datatype": "FP32",
+                            "data": image.ravel().tolist(),
+                        }
+                    ]
+                },
+            ),
+            ("/v1/models/mnist:predict", {"instances": batch.tolist()}),
+            ("/predict", {"inputs": [[0.5] * 27] * 28}),  # wrong shape: a 400
+            ("/predict", {"inputs": [[2.0] * 28] * 28}),  # out of range: a 400
+        ]
+        for path, body in calls:
+            status = requests.post(model_server + path, json=body, timeout=10).status_code
+            sent["ok" if status < 400 else "client_error"] += 1
+
+    def loop() -> None:
+        while not stop.is_set():
+            one_round()
+            stop.wait(0.2)
+
+    one_round()
+    worker = threading.Thread(target=loop, name="traffic", daemon=True)
+    worker.start()
+    try:
+        yield sent
+    finally:
+        stop.set()
+        worker.join(15)
+
+
+@pytest.fixture(scope="module")
+def operator_metrics() -> Iterator[str]:
+    """The operator's metric objects, kept busy like an operator reconciling a few models."""
+    registry = CollectorRegistry()
+    metrics = Metrics.create(registry)
+    metrics.observe_error("InvalidSpec")  # once, long ago: no lasting error rate
+    stop_event = threading.Event()
+
+    def reconcile_forever() -> None:
+        durations = (0.004, 0.02, 0.08, 0.3)
+        count = 0
+        while not stop_event.wait(0.1):
+            count += 1
+            metrics.reconciles.labels(result="retry" if count % 10 == 0 else "success").inc()
+            metrics.duration.observe(durations[count % len(durations)])
+            if count % 5 == 0:
+                metrics.observe_write("patch", "MnistModel")
+
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    worker = threading.Thread(target=reconcile_forever, name="reconciles", daemon=True)
+    worker.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_event.set()
+        worker.join(5)
+        server.shutdown()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def kube_state_metrics() -> Iterator[str]:
+    body = (HERE / "kube-state-metrics.prom").read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.end_headers()
+            if self.path == "/metrics":
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="ksm", daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    tmp_path_factory: pytest.TempPathFactory,
+    model_server: str,
+    operator_metrics: str,
+    kube_state_metrics: str,
+) -> Iterator[Prometheus]:
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (bash .ci/run installs it)")
+    work = tmp_path_factory.mktemp("prometheus")
+    rules = yaml.safe_load(RULE_FILE.read_text())["spec"]
+    (work / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    server_target = model_server.removeprefix("http://")
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(work / "rules.yaml")],
+        "scrape_configs": [
+            {
+                "job_name": MODEL_TARGET_LABELS["service"],
+                "static_configs": [{"targets": [server_target], "labels": MODEL_TARGET_LABELS}],
+            },
+            {
+                "job_name": "mnist-operator",
+                "static_configs": [{"targets": [operator_metrics], "labels": OPERATOR_TARGET_LABELS}],
+            },
+            {
+                # kube-state-metrics' own namespace/deployment labels describe the objects.
+                "job_name": "kube-state-metrics",
+                "honor_labels": True,
+                "static_configs": [{"targets": [kube_state_metrics]}],
+            },
+        ],
+    }
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    log_path = work / "prometheus.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={work / 'prometheus.yml'}",
+                f"--storage.tsdb.path={work / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=work,
+        )
+    handle = Prometheus(f"http://127.0.0.1:{port}", process, log_path)
+
+    def ready() -> bool | None:
+        if process.poll() is not None:
+            pytest.fail(f"prometheus exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{handle.url}/-/ready", timeout=2) as response:
+                return True if response.status == 200 else None
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def all_targets_up() -> bool | None:
+        targets = handle.api("targets")["activeTargets"]
+        return True if len(targets) == 3 and all(t["health"] == "up" for t in targets) else None
+
+    try:
+        poll("prometheus /-/ready", ready, timeout=60)
+        poll("every scrape target up", all_targets_up, timeout=60)
+        yield handle
+    finally:
+        stop(process)
