@@ -102,6 +102,10 @@ class Operator:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS")
 
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -261,6 +265,9 @@ def run(cluster: LocalCluster, count: int, work: Path, resync: float) -> dict[st
         # N models at once: concurrent creates (kubectl would pace them at its client-side 5 QPS).
         since = datetime.now(UTC)
         writes_before = operator.metric("mnist_operator_api_writes_total")
+        cpu_before = operator.cpu_seconds()
+        reconciles_before = operator.metric("mnist_operator_reconciles_total")
+        reconcile_seconds_before = operator.metric("mnist_operator_reconcile_duration_seconds_sum")
         path = f"/apis/aidevsecops.dev/v1alpha1/namespaces/{namespace}/mnistmodels"
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -287,8 +294,13 @@ def run(cluster: LocalCluster, count: int, work: Path, resync: float) -> dict[st
                 "p50_ready_seconds": round(statistics.median(times), 1),
                 "p95_ready_seconds": round(times[int(0.95 * (count - 1))], 1),
                 "rss_mib_at_all_ready": round(operator.rss_mib(), 1),
+                "operator_cpu_seconds_to_all_ready": round(operator.cpu_seconds() - cpu_before, 1),
             }
         )
+        reconciles = operator.metric("mnist_operator_reconciles_total") - reconciles_before
+        busy = operator.metric("mnist_operator_reconcile_duration_seconds_sum") - reconcile_seconds_before
+        results["reconciles_per_model"] = round(reconciles / count, 1)
+        results["mean_reconcile_ms"] = round(1000 * busy / max(reconciles, 1), 1)
         results.update(operator_lag(cluster, namespace))
         time.sleep(3)  # the last status writes and events
         writes = operator.metric("mnist_operator_api_writes_total") - writes_before

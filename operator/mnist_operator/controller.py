@@ -7,6 +7,7 @@ MnistModel costs no write however often it is reconciled.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from mnist_operator.kube import ApiError, Discovery, KubeClient
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.spec import MnistModelSpec, SpecError, parse_spec
-from mnist_operator.status import Observed, Problem, compute_status, transition_events
+from mnist_operator.status import Event, Observed, Problem, compute_status, transition_events
 
 logger = logging.getLogger(__name__)
 
@@ -146,49 +147,54 @@ class Reconciler:
     async def _apply_children(
         self, spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities
     ) -> Failure | None:
-        failure: Failure | None = None
+        """Apply what differs and delete what is unwanted; children are independent, so in parallel."""
         wanted = [compare.stamp(obj) for obj in builders.desired(spec, owner, self.settings, capabilities)]
-        for obj in wanted:
-            kind = api.KINDS_BY_KIND[obj["kind"]]
-            try:
-                live = await self._live_child(kind, owner)
-                if live is not None and compare.controller_uid(live) != owner.uid:
-                    failure = failure or Failure(
-                        Problem(
-                            "ChildConflict",
-                            f"a {kind.kind} named {owner.name} already exists and is not controlled by this "
-                            f"MnistModel: delete or rename it, or rename the MnistModel",
-                        ),
-                        10,
-                    )
-                    continue
-                if kind == api.DEPLOYMENT and live is not None and "replicas" not in obj["spec"]:
-                    await self._hand_replicas_over(live)
-                if compare.needs_apply(obj, live):
-                    logger.info("%s/%s: applying %s", owner.namespace, owner.name, kind.kind)
-                    self.cache.remember(await self.client.apply(obj))
-            except ApiError as exc:
-                if exc.status == 404 and kind in api.OPTIONAL_KINDS:
-                    self.discovery.invalidate()  # the API went away since discovery
-                    return Failure(Problem("ApiUnavailable", f"the {kind.api_version} API disappeared"), 1)
-                failure = failure or classify(exc, "apply", kind.kind)
-
         wanted_kinds = {obj["kind"] for obj in wanted}
-        for kind in api.CHILD_KINDS:
-            if kind.kind in wanted_kinds or not capabilities.serves(kind):
-                continue
-            live = self.cache.get(kind.kind, owner.namespace, owner.name)
-            if live is None or compare.controller_uid(live) != owner.uid:
-                continue
-            logger.info("%s/%s: deleting %s, no longer wanted", owner.namespace, owner.name, kind.kind)
-            try:
-                await self.client.delete(
-                    kind, owner.namespace, owner.name, (live.get("metadata") or {}).get("uid")
+        unwanted = [k for k in api.CHILD_KINDS if k.kind not in wanted_kinds and capabilities.serves(k)]
+        outcomes = await asyncio.gather(
+            *(self._apply_child(obj, owner) for obj in wanted),
+            *(self._delete_child(kind, owner) for kind in unwanted),
+        )
+        return next((failure for failure in outcomes if failure is not None), None)
+
+    async def _apply_child(self, obj: dict[str, Any], owner: Owner) -> Failure | None:
+        kind = api.KINDS_BY_KIND[obj["kind"]]
+        try:
+            live = await self._live_child(kind, owner)
+            if live is not None and compare.controller_uid(live) != owner.uid:
+                return Failure(
+                    Problem(
+                        "ChildConflict",
+                        f"a {kind.kind} named {owner.name} already exists and is not controlled by this "
+                        f"MnistModel: delete or rename it, or rename the MnistModel",
+                    ),
+                    10,
                 )
-                self.cache.forget(kind.kind, owner.namespace, owner.name)
-            except ApiError as exc:
-                failure = failure or classify(exc, "delete", kind.kind)
-        return failure
+            if kind == api.DEPLOYMENT and live is not None and "replicas" not in obj["spec"]:
+                await self._hand_replicas_over(live)
+            if compare.needs_apply(obj, live):
+                logger.info("%s/%s: applying %s", owner.namespace, owner.name, kind.kind)
+                self.cache.remember(await self.client.apply(obj))
+        except ApiError as exc:
+            if exc.status == 404 and kind in api.OPTIONAL_KINDS:
+                self.discovery.invalidate()  # the API went away since discovery
+                return Failure(Problem("ApiUnavailable", f"the {kind.api_version} API disappeared"), 1)
+            return classify(exc, "apply", kind.kind)
+        return None
+
+    async def _delete_child(self, kind: api.ResourceKind, owner: Owner) -> Failure | None:
+        live = self.cache.get(kind.kind, owner.namespace, owner.name)
+        if live is None or compare.controller_uid(live) != owner.uid:
+            return None
+        logger.info("%s/%s: deleting %s, no longer wanted", owner.namespace, owner.name, kind.kind)
+        try:
+            await self.client.delete(
+                kind, owner.namespace, owner.name, (live.get("metadata") or {}).get("uid")
+            )
+        except ApiError as exc:
+            return classify(exc, "delete", kind.kind)
+        self.cache.forget(kind.kind, owner.namespace, owner.name)
+        return None
 
     async def _live_child(self, kind: api.ResourceKind, owner: Owner) -> Mapping[str, Any] | None:
         live = self.cache.get(kind.kind, owner.namespace, owner.name)
@@ -226,16 +232,14 @@ class Reconciler:
         if updated is None:
             return
         self.cache.remember(updated)
-        for event in transition_events(current.get("conditions") or [], status.get("conditions") or []):
-            try:
-                await self.client.post_event(
-                    updated, type=event.type, reason=event.reason, message=event.message
-                )
-            except ApiError as exc:  # an Event is worth a log line, never a failed reconcile
-                logger.warning(
-                    "%s/%s: could not post the %s event: %s",
-                    meta["namespace"],
-                    meta["name"],
-                    event.reason,
-                    exc,
-                )
+        events = transition_events(current.get("conditions") or [], status.get("conditions") or [])
+        await asyncio.gather(*(self._post_event(updated, event) for event in events))
+
+    async def _post_event(self, model: Mapping[str, Any], event: Event) -> None:
+        try:
+            await self.client.post_event(model, type=event.type, reason=event.reason, message=event.message)
+        except ApiError as exc:  # an Event is worth a log line, never a failed reconcile
+            meta = model["metadata"]
+            logger.warning(
+                "%s/%s: could not post the %s event: %s", meta["namespace"], meta["name"], event.reason, exc
+            )

@@ -23,7 +23,7 @@ ENV_HELP = f"""environment:
   {PREFIX}BIND_ADDRESS           address of the health and metrics servers (default 0.0.0.0)
   {PREFIX}HEALTH_PORT            liveness endpoint /healthz (default 8081)
   {PREFIX}METRICS_PORT           Prometheus /metrics (default 8080)
-  {PREFIX}WORKERS                concurrent reconciles (default 8)
+  {PREFIX}WORKERS                concurrent reconciles (default 16)
   {PREFIX}RESYNC_SECONDS         reconcile every model this often even without events (default 600)
   {PREFIX}DISCOVERY_TTL_SECONDS  re-check the Route/ServiceMonitor APIs this often (default 30)
 """

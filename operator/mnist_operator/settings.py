@@ -28,7 +28,7 @@ class OperatorSettings:
     health_port: int = 8081
     metrics_port: int = 8080
     # Concurrent reconciles; each is mostly waiting on the API server.
-    workers: int = 8
+    workers: int = 16
     # Every model is reconciled again this often even without events (a safety net, not the drift path).
     resync_seconds: float = 600.0
     # How long the answer "is the Route / ServiceMonitor API served?" is trusted.
