@@ -15,10 +15,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import orjson
 from flask import Flask, Response, g, request
+from flask.json.provider import DefaultJSONProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
+from werkzeug.sansio.response import Response as SansioResponse
 
 from mnist_server.decoding import Batch, JsonBody, images_from_upload, parse_json
 from mnist_server.errors import (
@@ -87,13 +90,19 @@ def create_app(
     still loading), or None."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
+    app.json = _FastJSONProvider(app)
+    app.json.sort_keys = False  # keep the documented field order
     # Also keeps the route templates (the metrics' endpoint label) free of converter names.
     app.url_map.converters["default"] = _PathSegment
     metrics = ServerMetrics(registry, model.name, model.version)
     server = _Server(
         settings, model, metrics, exposition_registry(registry, multiprocess_dir), readiness_gate
     )
+    # A model that batches requests reports its own model calls; otherwise each request is one.
+    observe_batches = getattr(model, "observe_batches", None)
+    if callable(observe_batches):
+        observe_batches(metrics.observe_batch)
+        server.model_reports_batches = True
     for method, rule, handler in ROUTES:
         app.add_url_rule(rule, endpoint=handler, view_func=getattr(server, handler), methods=[method])
     app.before_request(server.start_timer)
@@ -121,6 +130,7 @@ class _Server:
         self.exposed = exposed
         self.readiness_gate = readiness_gate
         self.version = _package_version()
+        self.model_reports_batches = False
 
     # --- health, readiness, metrics -------------------------------------------------------
 
@@ -179,7 +189,12 @@ class _Server:
 
     def v2_infer(self, name: str, version: str | None = None) -> Any:
         self._check_model(name, version)
-        parsed = v2.parse_infer_request(self._read_json(), self.settings.max_batch)
+        header_length = request.headers.get(v2.BINARY_HEADER)
+        if header_length is None:
+            parsed = v2.parse_infer_request(self._read_json(), self.settings.max_batch)
+        else:
+            header, binary = v2.split_binary_body(self._read_body(), header_length)
+            parsed = v2.parse_infer_request(parse_json(header), self.settings.max_batch, binary)
         return v2.infer_response(self.model, parsed.id, self._infer(parsed.images))
 
     # --- TensorFlow Serving REST ----------------------------------------------------------
@@ -255,7 +270,10 @@ class _Server:
     def _infer(self, images: Images) -> Probabilities:
         started = time.perf_counter()
         probabilities = self.model.predict(images)
-        self.metrics.observe_inference(probabilities.argmax(axis=1), time.perf_counter() - started)
+        if self.model_reports_batches:
+            self.metrics.observe_predictions(probabilities.argmax(axis=1))
+        else:
+            self.metrics.observe_inference(probabilities.argmax(axis=1), time.perf_counter() - started)
         return probabilities
 
     def _read_json(self) -> JsonBody:
@@ -288,6 +306,19 @@ class _Server:
         if request.content_length is None and len(data) >= self.settings.max_body_bytes:
             raise _from_http(RequestEntityTooLarge(), self.settings)
         return data
+
+
+class _FastJSONProvider(DefaultJSONProvider):
+    """Responses serialised by orjson: several times faster than the standard library's encoder,
+    which matters when a response is a few hundred bytes and the model call takes 50 us."""
+
+    def response(self, *args: Any, **kwargs: Any) -> SansioResponse:
+        value = args[0] if len(args) == 1 and not kwargs else (args or kwargs)
+        try:
+            body = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:  # a type orjson does not know: Flask's encoder knows more
+            return super().response(*args, **kwargs)
+        return Response(body, mimetype=self.mimetype)
 
 
 def _is_json(mimetype: str) -> bool:

@@ -1,8 +1,9 @@
 """Turning request payloads into a validated ``(n, 28, 28)`` float32 batch, shared by all protocols.
 
-JSON arrays go through one ``np.asarray`` (C speed, no per-element Python), then NumPy's own
-dtype and shape say what is wrong. Every failure is a 4xx ``ApiError`` that names the field and
-the problem; nothing here may raise anything else for any input.
+Bodies are parsed by orjson and JSON arrays go through one ``np.asarray`` (C speed, no
+per-element Python), then NumPy's own dtype and shape say what is wrong. Every failure is a 4xx
+``ApiError`` that names the field and the problem; nothing here may raise anything else for any
+input.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from mnist_server.errors import InvalidInputError, Reason, TooLargeError
 from mnist_server.model import Images
@@ -40,6 +42,17 @@ class Batch:
 
 
 def parse_json(raw: bytes) -> JsonBody:
+    # orjson parses a request several times faster than the standard library (about 0.1 ms
+    # rather than 0.8 ms for one image). It accepts strict UTF-8 JSON only; anything it refuses
+    # (other encodings, NaN tokens, huge integers, malformed text) takes the standard path,
+    # whose messages and NaN handling (a 400 non_finite later) are the documented behaviour.
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if isinstance(value, dict):
+            return JsonBody(value, mentions_booleans=b"true" in raw or b"false" in raw)
     if not raw.strip():
         raise InvalidInputError("request body is empty; expected a JSON object", Reason.INVALID_JSON)
     try:

@@ -29,6 +29,7 @@ class Reason(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_READY = "not_ready"
     LOAD_FAILED = "load_failed"
+    OVERLOADED = "overloaded"
     INTERNAL = "internal"
 
 
@@ -74,6 +75,13 @@ class MethodNotAllowedError(ApiError):
 class NotReadyError(ApiError):
     status = 503
     default_reason = Reason.NOT_READY
+
+
+class OverloadedError(ApiError):
+    """The model's queue is full or an answer took too long: shed load, let the client retry."""
+
+    status = 503
+    default_reason = Reason.OVERLOADED
 
 
 class ModelLoadError(Exception):

@@ -9,6 +9,7 @@ under ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` serves their aggregate
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +45,7 @@ class ServerMetrics:
         )
         self.inference_duration = Histogram(
             PREFIX + "inference_duration_seconds",
-            "Time the model took for one batch (one request).",
+            "Time of one model call (one batch: the images of one or more requests).",
             buckets=INFERENCE_BUCKETS,
             registry=registry,
         )
@@ -75,23 +76,36 @@ class ServerMetrics:
             multiprocess_mode="livemax",
         )
         # Zero series from the start, so rate() and alerts see them before the first event.
-        for digit in range(NUM_CLASSES):
-            self.predictions.labels(digit=str(digit))
+        # Children are kept: ``labels()`` costs a lock and a lookup on every request otherwise.
+        self._digit_counters = [self.predictions.labels(digit=str(digit)) for digit in range(NUM_CLASSES)]
+        self._request_series: dict[tuple[str, int], tuple[Any, Any]] = {}
         for reason in Reason:
             self.errors.labels(reason=reason.value)
         self.model_info.labels(model_name=model_name, model_version=model_version).set(1)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        status_class = f"{status // 100}xx"
-        self.requests.labels(endpoint=endpoint, status_class=status_class).inc()
-        self.request_duration.labels(endpoint=endpoint, status_class=status_class).observe(seconds)
+        series = self._request_series.get((endpoint, status // 100))
+        if series is None:
+            labels = {"endpoint": endpoint, "status_class": f"{status // 100}xx"}
+            series = (self.requests.labels(**labels), self.request_duration.labels(**labels))
+            self._request_series[(endpoint, status // 100)] = series
+        series[0].inc()
+        series[1].observe(seconds)
+
+    def observe_batch(self, images: int, seconds: float) -> None:
+        """One model call on ``images`` images (a batch of one or more requests)."""
+        self.inference_duration.observe(seconds)
+        self.batch_size.observe(images)
+
+    def observe_predictions(self, digits: npt.NDArray[np.intp]) -> None:
+        for digit, count in enumerate(np.bincount(digits, minlength=NUM_CLASSES).tolist()):
+            if count:
+                self._digit_counters[digit].inc(count)
 
     def observe_inference(self, digits: npt.NDArray[np.intp], seconds: float) -> None:
-        self.inference_duration.observe(seconds)
-        self.batch_size.observe(len(digits))
-        for digit, count in enumerate(np.bincount(digits, minlength=NUM_CLASSES)):
-            if count:
-                self.predictions.labels(digit=str(digit)).inc(int(count))
+        """One request answered by a model call of its own (a model that does not batch)."""
+        self.observe_batch(len(digits), seconds)
+        self.observe_predictions(digits)
 
     def observe_error(self, reason: Reason) -> None:
         self.errors.labels(reason=reason.value).inc()

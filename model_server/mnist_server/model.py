@@ -1,13 +1,15 @@
-"""The model behind the server: a narrow interface and its TensorFlow SavedModel implementation.
+"""The model behind the server: a narrow interface and its implementation over the repository.
 
-Routes only see ``Model``: tests use a fake, and other backends (ONNX Runtime) or a
-micro-batching wrapper can sit behind the same five members later.
+Routes only see ``Model``: tests use a fake. ``SavedModel`` serves a repository version through
+an inference backend (TensorFlow or ONNX Runtime, ``mnist_server.backends``) behind the
+micro-batcher (``mnist_server.batching``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -15,8 +17,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from mnist_server.errors import ModelLoadError, NotReadyError
-from mnist_server.repository import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, SIGNATURE_NAME
+from mnist_server.backends import PLATFORMS, Runner, choose_backend, open_runner
+from mnist_server.batching import (
+    BatcherClosedError,
+    BatchingConfig,
+    BatchingError,
+    BatchObserver,
+    MicroBatcher,
+)
+from mnist_server.errors import ModelLoadError, NotReadyError, OverloadedError
+from mnist_server.repository import IMAGE_SHAPE, NUM_CLASSES
 
 if TYPE_CHECKING:
     from mnist_server.repository import ModelVersion
@@ -80,22 +90,32 @@ def warm_up(predict: Any) -> None:
 
 
 class SavedModel:
-    """A model version from the repository, run through its ``serving_default`` concrete function.
+    """A model version from the repository, served through a backend and the micro-batcher.
 
-    The concrete function is traced once at export with a ``[None, 28, 28]`` signature, so
-    every call runs the same graph whatever the batch size: no per-request tracing, and TF ops
-    release the GIL, so request threads can run predictions concurrently.
+    The backend (``mnist_server.backends``) is the compiled function: the SavedModel's serving
+    signature under TensorFlow, or its ONNX conversion under ONNX Runtime. Either is built once,
+    at load, for any batch size: no graph building and no reloading per request. Requests reach
+    it through a :class:`~mnist_server.batching.MicroBatcher`, which runs concurrent requests'
+    images as one call (``batching=None`` calls the backend directly, one call per request).
     """
 
-    platform = "tensorflow_savedmodel"
-
-    def __init__(self, model_version: ModelVersion) -> None:
+    def __init__(
+        self,
+        model_version: ModelVersion,
+        backend: str = "tensorflow",
+        threads: int | None = None,
+        batching: BatchingConfig | None = None,
+    ) -> None:
         self._model_version = model_version
+        self._backend = backend
+        self._threads = threads
+        self._batching = batching
         self._metadata: Mapping[str, Any] = {}
         self._state = LoadState.PENDING
         self._message = "model not loaded yet"
-        self._loaded: Any = None  # keeps the trackable object (and its variables) alive
-        self._serve: Any = None
+        self._runner: Runner | None = None
+        self._batcher: MicroBatcher | None = None
+        self._observer: BatchObserver | None = None
         self._lock = threading.Lock()
 
     @property
@@ -105,6 +125,17 @@ class SavedModel:
     @property
     def version(self) -> str:
         return self._model_version.version
+
+    @property
+    def platform(self) -> str:
+        if self._runner is not None:
+            return self._runner.platform
+        return PLATFORMS.get(self._backend, PLATFORMS["tensorflow"])
+
+    @property
+    def backend(self) -> str:
+        """The backend serving (or to serve) the model; ``auto`` is resolved at load."""
+        return self._backend
 
     @property
     def metadata(self) -> Mapping[str, Any]:
@@ -122,6 +153,10 @@ class SavedModel:
     def ready(self) -> bool:
         return self._state is LoadState.READY
 
+    def observe_batches(self, observer: BatchObserver) -> None:
+        """Call ``observer(images, seconds)`` for every model call serving requests (not warm-ups)."""
+        self._observer = observer
+
     def load(self) -> None:
         with self._lock:
             if self._state is LoadState.READY:
@@ -135,29 +170,51 @@ class SavedModel:
             self._state, self._message = LoadState.READY, ""
 
     def _load(self) -> None:
-        import tensorflow as tf
-
         path = self._model_version.path
         self._metadata = self._model_version.metadata()
-        loaded = tf.saved_model.load(str(path))
-        if SIGNATURE_NAME not in loaded.signatures:
-            raise ModelLoadError(f"{path}: no {SIGNATURE_NAME!r} signature")
-        serve = loaded.signatures[SIGNATURE_NAME]
-        outputs = serve.structured_outputs
-        if OUTPUT_NAME not in outputs:
-            raise ModelLoadError(f"{path}: signature outputs {sorted(outputs)} lack {OUTPUT_NAME!r}")
-        self._loaded, self._serve = loaded, serve
-        warm_up(self._run)
-        log.info("loaded model %s version %s from %s", self.name, self.version, path)
+        self._backend = choose_backend(self._backend, path)
+        runner = open_runner(self._backend, path, self._threads)
+        warm_up(runner)
+        if self._batching is not None:
+            # The largest batch too: backends size their buffers on first sight of a shape.
+            runner(np.zeros((self._batching.max_batch_size, *IMAGE_SHAPE), np.float32))
+        self._runner = runner
+        if self._batching is not None:
+            self._batcher = MicroBatcher(runner, self._batching, self._observe, name=f"batcher-{self.name}")
+            warm_up(self._batcher.predict)  # starts the batching thread
+        log.info(
+            "loaded model %s version %s from %s (backend %s, %s)",
+            self.name,
+            self.version,
+            path,
+            self._backend,
+            f"batches of up to {self._batching.max_batch_size}" if self._batching else "no batching",
+        )
 
-    def _run(self, images: Images) -> Probabilities:
-        result = self._serve(**{INPUT_NAME: images})[OUTPUT_NAME]
-        return np.asarray(result.numpy(), dtype=np.float32)
+    def _observe(self, images: int, seconds: float) -> None:
+        if self._observer is not None and self._state is LoadState.READY:
+            self._observer(images, seconds)
 
     def predict(self, images: Images) -> Probabilities:
         if self._state is not LoadState.READY:
             raise NotReadyError(self._message)
-        return self._run(images)
+        if self._batcher is None:
+            assert self._runner is not None  # READY implies loaded
+            started = time.perf_counter()
+            probabilities = self._runner(images)
+            self._observe(len(images), time.perf_counter() - started)
+            return probabilities
+        try:
+            return self._batcher.predict(images)
+        except BatcherClosedError as exc:
+            raise NotReadyError(str(exc)) from None
+        except BatchingError as exc:  # overloaded or too slow: the client may retry
+            raise OverloadedError(str(exc)) from None
+
+    def close(self) -> None:
+        """Finish queued work and stop the batching thread."""
+        if self._batcher is not None:
+            self._batcher.close()
 
 
 def load_in_background(model: Model, on_ready: Callable[[], None] | None = None) -> threading.Thread:

@@ -74,11 +74,22 @@ def build_worker_app(settings: Settings, model_version: ModelVersion, multiproce
     from prometheus_client import CollectorRegistry, disable_created_metrics
 
     from mnist_server.app import create_app
+    from mnist_server.backends import default_threads
+    from mnist_server.batching import BatchingConfig
     from mnist_server.model import SavedModel, load_in_background
 
     # `_created` series would double the exposition, and nothing here reads them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    model = SavedModel(model_version)
+    model = SavedModel(
+        model_version,
+        backend=settings.backend,
+        threads=settings.inference_threads or default_threads(settings.workers),
+        batching=BatchingConfig(
+            max_batch_size=settings.batch_max_size,
+            max_wait_s=settings.batch_max_wait_ms / 1000,
+            timeout_s=float(settings.timeout),
+        ),
+    )
     if multiprocess_dir is None:
         app = create_app(settings, model, CollectorRegistry())
         load_in_background(model)

@@ -16,6 +16,7 @@ from mnist_server.repository import NAME_PATTERN, VERSION_PATTERN
 
 PREFIX = "MNIST_SERVER_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+BACKEND_CHOICES = ("auto", "tensorflow", "onnx")
 
 
 class SettingsError(ValueError):
@@ -37,6 +38,13 @@ class Settings:
     log_level: str = "info"
     timeout: int = 60
     graceful_timeout: int = 25
+    backend: str = "auto"
+    # Images per model call, and how long a call may wait for more requests to join it; chosen
+    # by measurement (docs/benchmarks.md): greedy batching (no wait) is best on two cores.
+    batch_max_size: int = 64
+    batch_max_wait_ms: float = 0.0
+    # 0: the available CPUs shared out between the workers (at least one thread each).
+    inference_threads: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -105,6 +113,23 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _backend(raw: str) -> str:
+    backend = raw.lower()
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"must be one of {', '.join(BACKEND_CHOICES)}")
+    return backend
+
+
+def _milliseconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not 0.0 <= value <= 1000.0:
+        raise ValueError("must be between 0 and 1000 (milliseconds)")
+    return value
+
+
 def _host(raw: str) -> str:
     if any(ch.isspace() or ch == "/" for ch in raw):
         raise ValueError("must be an IP address or host name")
@@ -126,6 +151,21 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("log_level", _log_level, "one of " + ", ".join(LOG_LEVELS)),
     Variable("timeout", _int_in(1, 3600), "seconds a worker may stay silent before it is restarted"),
     Variable("graceful_timeout", _int_in(0, 3600), "seconds to finish in-flight requests after SIGTERM"),
+    Variable(
+        "backend",
+        _backend,
+        "inference backend: tensorflow, onnx (model.onnx beside the SavedModel), or auto (onnx when "
+        "the version has model.onnx and ONNX Runtime is installed, else tensorflow)",
+    ),
+    Variable("batch_max_size", _int_in(1, 4096), "most images per model call when batching requests"),
+    Variable(
+        "batch_max_wait_ms", _milliseconds, "how long a model call may wait for more requests to join it"
+    ),
+    Variable(
+        "inference_threads",
+        _int_in(0, 256),
+        "backend threads per worker; 0: the CPUs shared out between workers",
+    ),
 )
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}

@@ -392,7 +392,7 @@ def test_v2_server_and_model_metadata(server_client: FlaskClient) -> None:
     server = server_client.get("/v2").get_json()
     assert server["name"] == "mnist-server"
     assert isinstance(server["version"], str)
-    assert server["extensions"] == []
+    assert server["extensions"] == ["binary_tensor_data"]
     expected = {
         "name": "mnist",
         "versions": ["3"],

@@ -40,6 +40,10 @@ def test_every_variable_is_read() -> None:
         "MNIST_SERVER_LOG_LEVEL": "DEBUG",
         "MNIST_SERVER_TIMEOUT": "30",
         "MNIST_SERVER_GRACEFUL_TIMEOUT": "10",
+        "MNIST_SERVER_BACKEND": "ONNX",
+        "MNIST_SERVER_BATCH_MAX_SIZE": "32",
+        "MNIST_SERVER_BATCH_MAX_WAIT_MS": "2.5",
+        "MNIST_SERVER_INFERENCE_THREADS": "1",
     }
     assert {var.env_name for var in VARIABLES} == set(env)
     assert Settings.from_env(env) == Settings(
@@ -55,6 +59,10 @@ def test_every_variable_is_read() -> None:
         log_level="debug",
         timeout=30,
         graceful_timeout=10,
+        backend="onnx",
+        batch_max_size=32,
+        batch_max_wait_ms=2.5,
+        inference_threads=1,
     )
 
 
@@ -76,6 +84,10 @@ def test_latest_and_empty_mean_the_newest_version() -> None:
         ("MNIST_SERVER_MODEL_NAME", "My_Model", "lowercase"),
         ("MNIST_SERVER_MODEL_VERSION", "../etc", "lowercase"),
         ("MNIST_SERVER_HOST", "a b", "IP address"),
+        ("MNIST_SERVER_BACKEND", "torch", "one of auto, tensorflow, onnx"),
+        ("MNIST_SERVER_BATCH_MAX_SIZE", "0", "between 1"),
+        ("MNIST_SERVER_BATCH_MAX_WAIT_MS", "soon", "not a number"),
+        ("MNIST_SERVER_BATCH_MAX_WAIT_MS", "-1", "between 0 and 1000"),
     ],
 )
 def test_invalid_values_name_the_variable_and_the_value(name: str, value: str, fragment: str) -> None:

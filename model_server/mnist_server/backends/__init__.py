@@ -12,6 +12,8 @@ graph per call. Loading and warm-up are the model wrapper's business, not the ru
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 BACKENDS = ("tensorflow", "onnx")
+AUTO = "auto"
 ONNX_FILE = "model.onnx"
+PLATFORMS = {"tensorflow": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -55,3 +59,23 @@ def open_runner(backend: str, version_dir: Path, threads: int | None = None) -> 
 
         return OnnxRunner(version_dir / ONNX_FILE, threads)
     raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def choose_backend(requested: str, version_dir: Path) -> str:
+    """``requested``, or for ``auto``: onnx when the version has model.onnx and ONNX Runtime is
+    installed (far less overhead per call, no TensorFlow in memory), else tensorflow."""
+    if requested != AUTO:
+        return requested
+    if (version_dir / ONNX_FILE).is_file() and importlib.util.find_spec("onnxruntime") is not None:
+        return "onnx"
+    return "tensorflow"
+
+
+def default_threads(workers: int) -> int:
+    """Backend threads per worker process: the CPUs this process may use, shared out between the
+    workers, so that workers x threads does not oversubscribe the cores."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, workers))

@@ -2,7 +2,12 @@
 
 The model has one input (``images``: FP32 ``[-1, 28, 28]``) and one output (``probabilities``:
 FP32 ``[-1, 10]``). Requests may send FP32 or FP64 data, flat (row-major) or nested; the input's
-name is not checked, since there is only one. The binary-data extension is not supported.
+name is not checked, since there is only one.
+
+The binary tensor data extension is supported for the input: a JSON header of
+``Inference-Header-Content-Length`` bytes, then the tensor's raw little-endian bytes, announced
+by ``"parameters": {"binary_data_size": N}`` in place of ``data``. It spares the client and the
+server the text formatting and parsing of every pixel. Outputs are always JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from mnist_server.decoding import JsonBody, check_images, numeric_array, require
 from mnist_server.errors import InvalidInputError, Reason
 from mnist_server.model import Images, Model, Probabilities
@@ -19,6 +27,8 @@ from mnist_server.repository import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT
 
 SERVER_NAME = "mnist-server"
 ACCEPTED_DATATYPES = ("FP32", "FP64")
+BINARY_HEADER = "Inference-Header-Content-Length"
+_BINARY_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 _EXPECTED_SHAPE = f"[n, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}]"
 
 
@@ -29,7 +39,7 @@ class InferRequest:
 
 
 def server_metadata(server_version: str) -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": server_version, "extensions": []}
+    return {"name": SERVER_NAME, "version": server_version, "extensions": ["binary_tensor_data"]}
 
 
 def model_metadata(model: Model) -> dict[str, Any]:
@@ -42,7 +52,19 @@ def model_metadata(model: Model) -> dict[str, Any]:
     }
 
 
-def parse_infer_request(body: JsonBody, max_batch: int) -> InferRequest:
+def split_binary_body(raw: bytes, header_length: str) -> tuple[bytes, bytes]:
+    """(JSON header, binary data) of a binary-extension body, by ``Inference-Header-Content-Length``."""
+    if not header_length.isdigit() or int(header_length) > len(raw):
+        raise InvalidInputError(
+            f"{BINARY_HEADER} {header_length!r:.40} must be the JSON header's length in bytes "
+            f"(the body has {len(raw)})",
+            Reason.BAD_REQUEST,
+        )
+    split = int(header_length)
+    return raw[:split], raw[split:]
+
+
+def parse_infer_request(body: JsonBody, max_batch: int, binary: bytes | None = None) -> InferRequest:
     request_id = body.value.get("id")
     if request_id is None:
         request_id = str(uuid.uuid4())
@@ -56,7 +78,11 @@ def parse_infer_request(body: JsonBody, max_batch: int) -> InferRequest:
             Reason.WRONG_SHAPE,
         )
     tensor: dict[str, Any] = inputs[0]
-    for field in ("name", "shape", "datatype", "data"):
+    binary_size = _binary_size(tensor, binary)
+    fields = (
+        ("name", "shape", "datatype") if binary_size is not None else ("name", "shape", "datatype", "data")
+    )
+    for field in fields:
         require(tensor, field, f"each input needs name, shape, datatype and data; {field!r} is missing")
     datatype = tensor["datatype"]
     if datatype not in ACCEPTED_DATATYPES:
@@ -65,7 +91,10 @@ def parse_infer_request(body: JsonBody, max_batch: int) -> InferRequest:
             Reason.WRONG_DTYPE,
         )
     shape = _shape(tensor["shape"])
-    array = numeric_array(tensor["data"], "inputs[0].data", body.mentions_booleans)
+    if binary_size is not None:
+        array = _binary_array(binary or b"", binary_size, datatype)
+    else:
+        array = numeric_array(tensor["data"], "inputs[0].data", body.mentions_booleans)
     needed = math.prod(shape)
     if array.size != needed:
         raise InvalidInputError(
@@ -89,6 +118,43 @@ def infer_response(model: Model, request_id: str, probabilities: Probabilities) 
             }
         ],
     }
+
+
+def _binary_size(tensor: dict[str, Any], binary: bytes | None) -> int | None:
+    """The input's ``binary_data_size``, or None for JSON data; checked against the body."""
+    parameters = tensor.get("parameters")
+    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    if size is None:
+        if binary:
+            raise InvalidInputError(
+                f"the body has {len(binary)} bytes after the JSON header but inputs[0] has no "
+                "parameters.binary_data_size",
+                Reason.BAD_REQUEST,
+            )
+        return None
+    if binary is None:
+        raise InvalidInputError(
+            f"inputs[0] announces binary data; send the {BINARY_HEADER} header with the JSON header's length",
+            Reason.BAD_REQUEST,
+        )
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise InvalidInputError(
+            f"inputs[0].parameters.binary_data_size is {size!r:.40} but {len(binary)} bytes follow "
+            "the header",
+            Reason.WRONG_SHAPE,
+        )
+    if "data" in tensor:
+        raise InvalidInputError("inputs[0] has both data and binary data; send one", Reason.BAD_REQUEST)
+    return size
+
+
+def _binary_array(binary: bytes, size: int, datatype: str) -> npt.NDArray[Any]:
+    dtype = _BINARY_DTYPES[datatype]
+    if size % dtype.itemsize:
+        raise InvalidInputError(
+            f"{size} bytes of binary data are not a whole number of {datatype} values", Reason.WRONG_SHAPE
+        )
+    return np.frombuffer(binary, dtype=dtype)
 
 
 def _shape(value: Any) -> list[int]:
