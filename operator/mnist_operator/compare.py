@@ -10,7 +10,6 @@ server-side apply itself.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -44,11 +43,9 @@ def digest(obj: Mapping[str, Any]) -> str:
 
 
 def stamp(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a desired object carrying the hash of itself in a label."""
-    stamped = copy.deepcopy(dict(obj))
-    meta = stamped.setdefault("metadata", {})
-    meta["labels"] = {**meta.get("labels", {}), api.HASH_LABEL: digest(obj)}
-    return stamped
+    """The desired object carrying the hash of itself in a label (the rest is shared, not copied)."""
+    meta = obj.get("metadata") or {}
+    return {**obj, "metadata": {**meta, "labels": {**meta.get("labels", {}), api.HASH_LABEL: digest(obj)}}}
 
 
 def needs_apply(stamped: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
