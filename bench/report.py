@@ -177,6 +177,8 @@ def render(data: dict[str, Any]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in data["runs"]:
+        if _is_variant(run):
+            continue
         if run["error"]:
             lines.append(f"| {run['label']} | failed: {run['error']} | | | | | | | | | | |")
             continue
@@ -209,8 +211,11 @@ def render(data: dict[str, Any]) -> str:
                     f"{mine['requests_per_s'] / r['requests_per_s']:.1f}x | "
                     f"{r['latency_ms']['p50'] / max(mine['latency_ms']['p50'], 1e-9):.1f}x |"
                 )
+    lines += _tuning(data)
     lines += ["", "## The servers", ""]
     for run in data["runs"]:
+        if _is_variant(run):
+            continue
         lines.append(
             f"- **{run['label']}**: {run['notes']}. Ready {run['ready_seconds']:.1f} s after start; "
             f"accuracy on the first 64 test images {run['sanity_accuracy']:.3f}; idle RSS "
@@ -234,3 +239,44 @@ def render(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _is_variant(run: dict[str, Any]) -> bool:
+    return "[" in run["key"]
+
+
+def _tuning(data: dict[str, Any]) -> list[str]:
+    variants = [run for run in data["runs"] if _is_variant(run)]
+    if not variants:
+        return []
+    lines = [
+        "",
+        "## Tuning: how the defaults were chosen",
+        "",
+        "Our server (onnx backend) with one setting changed at a time (`--sweep`). CPU per request is "
+        "the server's CPU time divided by the requests answered: what the settings cost, less "
+        "sensitive to other load on the machine than the rates are.",
+        "",
+        "| variant | payload | conc. | req/s | images/s | p50 ms | p99 ms | errors | server CPU "
+        "| CPU ms/request |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in variants:
+        name = run["key"].split("[", 1)[1].rstrip("]")
+        if run["error"]:
+            lines.append(f"| {name} | failed: {run['error']} | | | | | | | | |")
+            continue
+        for r in run["results"]:
+            per_request = 1000 * r["server_cores"] / r["requests_per_s"] if r["requests_per_s"] else 0.0
+            lines.append(
+                f"| {name} | {r['payload']} | {r['concurrency']} | {r['requests_per_s']:,.1f} | "
+                f"{r['images_per_s']:,.0f} | {r['latency_ms']['p50']:.2f} | {r['latency_ms']['p99']:.2f} | "
+                f"{r['errors']} | {r['server_cores']:.2f} | {per_request:.2f} |"
+            )
+    lines += [
+        "",
+        "Variants: "
+        + "; ".join(f"**{run['key'].split('[', 1)[1].rstrip(']')}**: {run['notes']}" for run in variants)
+        + ".",
+    ]
+    return lines

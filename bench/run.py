@@ -522,6 +522,66 @@ BATCH_CONCURRENCY = 4
 V2 = f"/v2/models/{MODEL_NAME}/infer"
 
 
+# One factor at a time away from the defaults: how the batching and process defaults were chosen.
+SWEEP_VARIANTS = (
+    "no-batching: MNIST_SERVER_BATCH_MAX_SIZE=1",
+    "batch-16: MNIST_SERVER_BATCH_MAX_SIZE=16",
+    "wait-1ms: MNIST_SERVER_BATCH_MAX_WAIT_MS=1",
+    "wait-5ms: MNIST_SERVER_BATCH_MAX_WAIT_MS=5",
+    "2-workers: MNIST_SERVER_WORKERS=2",
+    "1-thread: MNIST_SERVER_INFERENCE_THREADS=1",
+    "32-threads: MNIST_SERVER_THREADS=32",
+)
+SWEEP_SCENARIOS = "tutorial-1@1,tutorial-1@32,tutorial-1@128,v2bin-64@4"
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``"name: KEY=VALUE KEY=VALUE"`` -> (name, env)."""
+    name, _, assignments = text.partition(":")
+    env = dict(pair.split("=", 1) for pair in assignments.split())
+    if not name.strip() or not env or not all(key.startswith("MNIST_SERVER_") for key in env):
+        raise SystemExit(f"bench: --variant {text!r}: expected 'name: MNIST_SERVER_X=value ...'")
+    return name.strip(), env
+
+
+def ours_variants(base: ServerSpec, variants: list[str]) -> list[ServerSpec]:
+    specs = []
+    for text in variants:
+        name, env = parse_variant(text)
+        described = " ".join(f"{k}={v}" for k, v in env.items())
+        specs.append(
+            ServerSpec(
+                key=f"{base.key}[{name}]",
+                label=f"{base.label} {name}",
+                command=base.command,
+                env=base.env | env,
+                scenarios=base.scenarios,
+                probe=base.probe,
+                notes=f"{base.notes}, {described}",
+            )
+        )
+    return specs
+
+
+def only(specs: list[ServerSpec], selection: str | None) -> list[ServerSpec]:
+    """Keep the scenarios named ``payload@concurrency`` in ``selection`` (all when None)."""
+    if not selection:
+        return specs
+    wanted = set(selection.split(","))
+    return [
+        ServerSpec(
+            spec.key,
+            spec.label,
+            spec.command,
+            spec.env,
+            [s for s in spec.scenarios if f"{s.payload}@{s.concurrency}" in wanted],
+            spec.probe,
+            spec.notes,
+        )
+        for spec in specs
+    ]
+
+
 def server_specs(version_dir: Path, kserve_python: Path | None, which: set[str]) -> list[ServerSpec]:
     venv_python = sys.executable
     model_env = {
@@ -604,7 +664,7 @@ def server_specs(version_dir: Path, kserve_python: Path | None, which: set[str])
     return [spec for spec in specs if spec.key in which]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark the model server against its peers.")
     parser.add_argument(
         "--model-dir", type=Path, help="a model version directory (default: train one, cached)"
@@ -622,9 +682,28 @@ def main() -> int:
     )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print the results, write no report")
+    parser.add_argument(
+        "--only", help="run only these scenarios, e.g. tutorial-1@32,v2bin-64@4 (payload@concurrency)"
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="also run our onnx server with other settings: 'name: MNIST_SERVER_X=value ...' (repeatable)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help=f"add the tuning variants ({len(SWEEP_VARIANTS)}, one setting each) on {SWEEP_SCENARIOS}",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
@@ -657,8 +736,16 @@ def main() -> int:
             kserve_python, ["kserve", "tensorflow-cpu", "fastapi", "uvicorn", "numpy", "orjson"]
         )
 
+    specs = only(server_specs(version_dir, kserve_python, which), args.only)
+    base = next((spec for spec in server_specs(version_dir, None, {"ours-onnx"})), None)
+    if base is not None and (args.variant or args.sweep):
+        if args.variant:
+            specs += only(ours_variants(base, args.variant), args.only)
+        if args.sweep:
+            default = ours_variants(base, ["defaults: MNIST_SERVER_LOG_LEVEL=warning"])
+            specs += only(default + ours_variants(base, list(SWEEP_VARIANTS)), SWEEP_SCENARIOS)
     runs = []
-    for spec in server_specs(version_dir, kserve_python, which):
+    for spec in specs:
         runs.append(
             benchmark_server(
                 spec,
