@@ -42,8 +42,8 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 
 NODE_NAME = "kwok-node-0"
 NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
-SERVICE_CIDR = "10.0.0.0/24"
-POD_CIDR = "10.244.0.1/24"
+SERVICE_CIDR = "10.0.0.0/16"  # room for benchmarks with hundreds of Services
+POD_CIDR = "10.244.0.1/16"  # and of pods, across several kwok nodes
 ADMIN_USER = "admin"
 # A second system:masters identity, so tests can tell the operator's writes from their own
 # in the audit log (filter on user.username).
