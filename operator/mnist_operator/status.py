@@ -37,8 +37,20 @@ _STUCK_REASONS = (
     "CreateContainerError",
     "RunContainerError",
 )
-# Ready=False reasons that are part of an ordinary rollout or asked for, not a degradation.
-QUIET_REASONS = frozenset({"RolloutInProgress", "RolloutPending", "DeploymentPending", "ScaledToZero"})
+# Ready=False reasons that come with ordinary rollouts and scale-ups (new pods still loading the
+# model) or were asked for: the condition tells them, a Warning Event would cry wolf. Pods stuck
+# for real (CrashLoopBackOff, ...) and stuck rollouts do get one.
+QUIET_REASONS = frozenset(
+    {
+        "RolloutInProgress",
+        "RolloutPending",
+        "DeploymentPending",
+        "ScaledToZero",
+        "NotReady",
+        "Pending",
+        "PodsNotReady",
+    }
+)
 _MAX_PODS_IN_MESSAGE = 3
 
 

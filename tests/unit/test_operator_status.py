@@ -565,6 +565,12 @@ def cond(type_: str, status: str, reason: str, message: str = "m") -> dict[str, 
             [cond("Ready", "False", "ImagePullBackOff", "other")],
             [],
         ),
+        # A scale-up: the new pod is still loading the model. Ready says so; no Warning.
+        (
+            [cond("Ready", "True", "Serving")],
+            [cond("Ready", "False", "NotReady", "2 of 3 replicas ready")],
+            [],
+        ),
         (
             [cond("Progressing", "True", "RollingOut")],
             [cond("Progressing", "False", "ProgressDeadlineExceeded", "x")],
