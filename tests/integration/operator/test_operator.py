@@ -131,6 +131,13 @@ def test_plain_kubernetes_gets_an_ingress_and_a_missing_api_condition_then_the_c
     op_kube.wait_condition("mnist-monitored", "MonitoringReady", "True", "ServiceMonitorReady")
     assert time.monotonic() - started < 30
 
+    # So does the Route API (say the cluster turned out to be OpenShift): the Route replaces the Ingress.
+    cluster.kubectl("apply", "-f", str(FIXTURE_CRDS / "route.openshift.io_routes.yaml"))
+    route = op_kube.wait_exists("route", "mnist-exposed", timeout=30)
+    assert route["spec"]["tls"]["termination"] == "edge"
+    op_kube.wait_gone("ingress", "mnist-exposed", timeout=30)
+    op_kube.wait_condition("mnist-exposed", "ExposureReady", "Unknown", "AwaitingAdmission")
+
 
 def watch_model(
     op_kube: Any, name: str
