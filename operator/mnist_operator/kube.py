@@ -220,7 +220,10 @@ class KubeClient:
         try:
             found = await self.request("GET", f"/apis/{group}/{version}")
         except ApiError as exc:
-            if exc.status in (404, 503):  # not installed, or an aggregated API that is down
+            # Only 404 means "not installed". A 503 is an aggregated API that is down for now (say
+            # OpenShift's route API during an upgrade): deciding "no Routes here" would swap the
+            # Route for an Ingress, so let the reconcile fail and retry instead.
+            if exc.status == 404:
                 return None
             raise
         return {r.get("name") for r in found.get("resources") or []}

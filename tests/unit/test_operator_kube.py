@@ -41,6 +41,8 @@ class FakeApiServer:
             )
         if request.path.startswith("/apis/") and request.path.count("/") == 3:  # discovery /apis/<g>/<v>
             group = request.path.split("/")[2]
+            if group == "unavailable.example.com":
+                return web.json_response({"reason": "ServiceUnavailable", "message": "down"}, status=503)
             if group not in self.served_groups:
                 return web.json_response({"reason": "NotFound", "message": "404 page not found"}, status=404)
             plural = {"route.openshift.io": "routes", "monitoring.coreos.com": "servicemonitors"}[group]
@@ -163,4 +165,8 @@ async def test_discovery_caches_until_the_ttl_or_an_invalidation(server: Any) ->
     fake.served_groups.add("route.openshift.io")
     now[0] = 31.0
     assert await discovery.capabilities() == api.Capabilities(routes=True, service_monitors=True)
+    # An aggregated API that is down is not "absent": that would replace a Route by an Ingress.
+    with pytest.raises(ApiError) as caught:
+        await client.served_resources("unavailable.example.com", "v1")
+    assert caught.value.status == 503 and caught.value.retryable
     await client.close()
