@@ -88,24 +88,31 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 
 
 def install_rbac(
-    cluster: LocalCluster, namespace: str, *, exposure: str = "ingress", suffix: str = ""
+    cluster: LocalCluster,
+    namespace: str,
+    *,
+    exposure: str = "ingress",
+    suffix: str = "",
+    work: Path | None = None,
 ) -> str:
     """Apply manifests/rbac plus its exposure folder, bound to a ServiceAccount in `namespace`.
 
-    Rendered through a throw-away kustomization that only sets the namespace (and, for tests
-    sharing one cluster, a name suffix for the cluster-scoped roles); returns the SA's name.
+    Rendered through a throw-away kustomization (in `work`) that only sets the namespace (and,
+    for tests sharing one cluster, a name suffix for the cluster-scoped roles); returns the
+    ServiceAccount's name.
     """
-    work = cluster.state_dir / f"rbac-{namespace}{suffix}"
+    work = work or cluster.state_dir / f"rbac-{namespace}{suffix}"
     work.mkdir(parents=True, exist_ok=True)
     rbac = Path(os.path.relpath(REPO / "manifests" / "rbac", work))
     lines = [
         "apiVersion: kustomize.config.k8s.io/v1beta1",
         "kind: Kustomization",
-        f"namespace: {namespace}",
-        *([f"nameSuffix: {suffix}"] if suffix else []),
+        # Quoted (JSON strings are YAML): a suffix like -887e33 would otherwise read as a number.
+        f"namespace: {json.dumps(namespace)}",
+        *([f"nameSuffix: {json.dumps(suffix)}"] if suffix else []),
         "resources:",
-        f"  - {rbac}",
-        f"  - {rbac / exposure}",
+        f"  - {json.dumps(str(rbac))}",
+        f"  - {json.dumps(str(rbac / exposure))}",
     ]
     (work / "kustomization.yaml").write_text("\n".join(lines) + "\n")
     rendered = cluster.kubectl("kustomize", str(work)).stdout
