@@ -7,15 +7,22 @@
 --   Progressing  no status yet; a generation the operator has not reconciled yet (status or Ready
 --                condition older than metadata.generation); a rollout under way; Ready=Unknown.
 --   Degraded     Ready=False for any other reason: a rollout past its progress deadline, crash
---                loops, image pull errors, an invalid spec, missing RBAC, a name conflict, a
---                rejected Route... (the reason and message come from the Ready condition).
+--                loops, containers that died (Error, OOMKilled), image pull errors, an invalid
+--                spec, missing RBAC, a name conflict, a rejected Route... (the reason and
+--                message come from the Ready condition).
 
--- Ready=False reasons that are part of getting there, not a failure.
+-- Ready=False reasons that are part of getting there, not a failure (as Argo CD treats a
+-- Deployment whose pods are not all available yet): the operator or the Deployment controller
+-- has not caught up, pods are starting, loading the model or waiting for a node, or the API
+-- server did not answer for a moment. A rollout that stays here ends in ProgressDeadlineExceeded.
 local progressing_reasons = {
   DeploymentPending = true,
   RolloutPending = true,
   RolloutInProgress = true,
   PodsNotReady = true,
+  NotReady = true,
+  Pending = true,
+  Unschedulable = true,
   ApiUnavailable = true,
 }
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from mnist_operator import api
 from mnist_operator.builders import Owner
+from mnist_operator.cache import pod_projection
 from mnist_operator.spec import parse_spec
 from mnist_operator.status import Observed, Problem, compute_status
 
@@ -138,6 +139,18 @@ def ready(status: str, reason: str, message: str = "", generation: int = 2) -> d
             id="rollout",
         ),
         pytest.param(
+            model(status=ready("False", "NotReady", "pod digits-1: NotReady (the model is loading)")),
+            "Progressing",
+            "NotReady: pod digits-1",
+            id="pod-loading-the-model",
+        ),
+        pytest.param(
+            model(status=ready("False", "OOMKilled", "container server exited with code 137")),
+            "Degraded",
+            "OOMKilled",
+            id="container-died",
+        ),
+        pytest.param(
             model(status=ready("Unknown", "AwaitingAdmission", "no router has admitted it yet")),
             "Progressing",
             "AwaitingAdmission",
@@ -202,6 +215,20 @@ def _deployment(*, replicas: int, ready: int, generation: int = 1, deadline: boo
     }
 
 
+def _pod(state: dict[str, Any]) -> dict[str, Any]:
+    """A running, unready server pod, as the operator's cache keeps it."""
+    return pod_projection(
+        {
+            "metadata": {"name": "digits-7d9f-x2x4k", "labels": {api.LABEL_VERSION: "2"}},
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{"name": "server", "ready": False, "restartCount": 3, "state": state}],
+            },
+        }
+    )
+
+
 def _operator_status(spec: dict[str, Any] | None, observed: Observed, generation: int = 4) -> dict[str, Any]:
     """The status the operator's own (pure) status logic writes for these observations."""
     owner = Owner("digits", "ml", "u-1", generation=generation)
@@ -264,6 +291,21 @@ def _operator_status(spec: dict[str, Any] | None, observed: Observed, generation
             ),
             "Degraded",
             id="child-conflict",
+        ),
+        pytest.param(
+            {"modelVersion": "2"},
+            Observed(deployment=_deployment(replicas=1, ready=0), pods=[_pod(state={"running": {}})]),
+            "Progressing",
+            id="pod-loading-the-model",
+        ),
+        pytest.param(
+            {"modelVersion": "2"},
+            Observed(
+                deployment=_deployment(replicas=1, ready=0),
+                pods=[_pod(state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}})],
+            ),
+            "Degraded",
+            id="crash-loop",
         ),
     ],
 )
