@@ -164,6 +164,7 @@ def machine() -> dict[str, Any]:
             break
     memory_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))  # type: ignore[union-attr]
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
+    wrk = wrk.split(" Copyright")[0]
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -530,6 +531,7 @@ SWEEP_VARIANTS = (
     "wait-5ms: MNIST_SERVER_BATCH_MAX_WAIT_MS=5",
     "2-workers: MNIST_SERVER_WORKERS=2",
     "1-thread: MNIST_SERVER_INFERENCE_THREADS=1",
+    "4-threads: MNIST_SERVER_THREADS=4",
     "32-threads: MNIST_SERVER_THREADS=32",
 )
 SWEEP_SCENARIOS = "tutorial-1@1,tutorial-1@32,tutorial-1@128,v2bin-64@4"

@@ -20,7 +20,7 @@ class OnnxRunner:
 
     platform = "onnxruntime_onnx"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, spin: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -37,9 +37,10 @@ class OnnxRunner:
         if threads is not None:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        # Idle pool threads sleep instead of spinning: in a server the request threads need the
-        # cores between model calls, and spinning made a batch of one 3x slower on busy cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # By default idle pool threads sleep instead of spinning: in a server the request threads
+        # need the cores between model calls, and spinning made a batch of one 3x slower on busy
+        # cores. (Spinning can win for back-to-back calls with nothing else to run.)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self._session: Any = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph exceptions
