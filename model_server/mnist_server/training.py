@@ -86,8 +86,8 @@ def build_model(learning_rate: float, steps: int) -> Any:
 
     Takes ``[batch, 28, 28]`` (the serving contract) and reshapes inside, so the exported
     signature needs no preprocessing. Batch norm sits after the second convolution and the dense
-    layer; after the first it cost a third more time for no accuracy (docs/training.md). Adam's
-    step size follows a cosine decay over ``steps``.
+    layer, not after the first, whose output is the largest and would cost the most time to
+    normalise (figures in docs/training.md). Adam's step size follows a cosine decay over ``steps``.
     """
     import keras
     from keras import layers

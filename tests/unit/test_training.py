@@ -190,6 +190,23 @@ def test_the_cli_trains_from_an_npz_into_the_next_version(
     assert metadata["seed"] == 5 and metadata["batch_size"] == 32
 
 
+@pytest.mark.slow
+def test_the_same_seed_trains_the_same_model(small_mnist: MnistData, tmp_path: Path) -> None:
+    tiny = MnistData(
+        small_mnist.train.head(320), small_mnist.validation.head(100), small_mnist.test.head(100), "tiny", "-"
+    )
+
+    def run(version: str, seed: int) -> dict[str, Any]:
+        config = TrainConfig(output=tmp_path, version=version, epochs=1, batch_size=32, seed=seed)
+        return train(config, data=tiny).metadata
+
+    first, second, other = run("a", 3), run("b", 3), run("c", 4)
+
+    assert first["history"] == second["history"]
+    assert first["test_loss"] == second["test_loss"]
+    assert other["history"] != first["history"]
+
+
 def _interrupt_export_with(monkeypatch: pytest.MonkeyPatch, interrupt: Any) -> None:
     # The rename that publishes a version comes right after the fsync: interrupt just before it.
     def fsync_then_interrupt(path: Path) -> None:
