@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model_server"))
 
 import numpy as np
+
 from mnist_server.backends import ONNX_FILE, open_runner
 from mnist_server.data import load_mnist
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from localcluster import ClusterError, LocalCluster, find_bin_dir
 
 log = logging.getLogger(__name__)

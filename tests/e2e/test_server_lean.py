@@ -49,6 +49,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def lean(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lean]:
     import keras
+
     from mnist_server.backends import open_runner
     from mnist_server.backends.onnx_export import export_onnx
     from mnist_server.export import export_model

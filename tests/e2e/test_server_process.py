@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from mnist_server.data import MnistData, Split, load_mnist
-from mnist_server.training import TrainConfig, train
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+from mnist_server.data import MnistData, Split, load_mnist
+from mnist_server.training import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 from kopf.testing import KopfRunner
+
 from localcluster import COMPONENTS, OPERATOR_USER, REPO_ROOT, ClusterError, LocalCluster, component_alive
 
 pytestmark = pytest.mark.cluster

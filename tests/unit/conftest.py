@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
+
 from mnist_server.app import create_app
 from mnist_server.settings import Settings
-from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).parent))
 from server_support import SERVER_MAX_BATCH, SERVER_MAX_BODY, FakeModel
@@ -73,6 +74,7 @@ def server_client(server_app: Flask) -> Iterator[FlaskClient]:
 def server_tiny_model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<root>/mnist/1``: a tiny Keras model (seeded, untrained) exported by ``export_model``."""
     import keras
+
     from mnist_server.export import export_model
 
     keras.utils.set_random_seed(3)

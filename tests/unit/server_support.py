@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from mnist_server.errors import ModelLoadError, NotReadyError
 from mnist_server.model import Images, LoadState, Probabilities
 

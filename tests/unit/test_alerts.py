@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
+
 from mnist_operator.metrics import Metrics
 from mnist_server.metrics import ServerMetrics
-from prometheus_client import CollectorRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "manifests" / "monitoring"

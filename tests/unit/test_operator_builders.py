@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from mnist_operator import api
 from mnist_operator.builders import Owner, desired, selector_string
 from mnist_operator.settings import OperatorSettings

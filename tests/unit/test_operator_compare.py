@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from mnist_operator import api
 from mnist_operator.builders import Owner, desired
 from mnist_operator.compare import controller_uid, is_subset, manager_owns, needs_apply, parse_quantity, stamp

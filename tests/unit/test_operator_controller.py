@@ -9,13 +9,14 @@ from typing import Any
 
 import kopf
 import pytest
+from prometheus_client import CollectorRegistry
+
 from mnist_operator import api
 from mnist_operator.cache import Cache
 from mnist_operator.controller import Reconciler
 from mnist_operator.kube import ApiError, Discovery
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings
-from prometheus_client import CollectorRegistry
 
 pytestmark = pytest.mark.asyncio
 NOW = "2026-01-01T00:00:00Z"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from mnist_operator import api
 from mnist_operator.spec import MODEL_VERSION_PATTERN, ServiceMonitorSpec, parse_spec
 

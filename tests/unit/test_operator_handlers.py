@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import kopf
+from prometheus_client import CollectorRegistry
+
 from mnist_operator import api
 from mnist_operator.handlers import WATCHED_CHILDREN, Operator, configure_kopf, register
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings
-from prometheus_client import CollectorRegistry
 
 
 def registry() -> kopf.OperatorRegistry:

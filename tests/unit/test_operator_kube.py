@@ -10,6 +10,7 @@ import kopf
 import pytest
 import pytest_asyncio
 from aiohttp import web
+
 from mnist_operator import api
 from mnist_operator.kube import ApiError, Discovery, KubeClient
 

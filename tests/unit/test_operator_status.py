@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from mnist_operator import api
 from mnist_operator.builders import Owner
 from mnist_operator.spec import parse_spec

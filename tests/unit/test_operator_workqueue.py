@@ -7,6 +7,7 @@ from collections import Counter
 
 import kopf
 import pytest
+
 from mnist_operator.workqueue import WorkQueue
 
 pytestmark = pytest.mark.asyncio

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from mnist_server.app import create_app
-from mnist_server.settings import Settings
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from server_support import FAKE_CONFIDENCE, SERVER_MAX_BATCH, SERVER_MAX_BODY, FakeModel, image_with_digit
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import TestResponse, encode_multipart
+
+from mnist_server.app import create_app
+from mnist_server.settings import Settings
 
 
 def post_json(client: FlaskClient, path: str, body: Any) -> TestResponse:

@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
+from server_support import fake_digits, image_with_digit
+
 from mnist_server.backends import choose_backend
 from mnist_server.batching import BatcherClosedError, BatcherOverloadedError, BatchingConfig
 from mnist_server.errors import NotReadyError, OverloadedError
 from mnist_server.model import SavedModel
 from mnist_server.repository import ModelVersion, resolve
-from prometheus_client import CollectorRegistry
-from server_support import fake_digits, image_with_digit
 
 V2 = "/v2/models/mnist/infer"
 BINARY_HEADER = "Inference-Header-Content-Length"

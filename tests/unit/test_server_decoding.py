@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from mnist_server.decoding import (
     check_images,
     images_from_json,
@@ -15,7 +17,6 @@ from mnist_server.decoding import (
     parse_json,
 )
 from mnist_server.errors import InvalidInputError, Reason, TooLargeError
-from PIL import Image
 
 DIGIT = np.zeros((28, 28), np.uint8)
 DIGIT[6:22, 12:16] = 255  # a light "1" on black, as in MNIST

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+from server_support import FakeModel
+
 from mnist_server import metrics
 from mnist_server.errors import Reason
 from mnist_server.settings import VARIABLES, format_default
-from prometheus_client import CollectorRegistry
-from server_support import FakeModel
 
 DOC = (Path(__file__).parents[2] / "docs" / "server.md").read_text()
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mnist_server.app import create_app
-from mnist_server.settings import Settings
 from prometheus_client import CollectorRegistry, multiprocess, values
 from prometheus_client.parser import text_string_to_metric_families
 from server_support import FakeModel, image_with_digit
+
+from mnist_server.app import create_app
+from mnist_server.settings import Settings
 
 
 def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask import Flask
+from prometheus_client import CollectorRegistry
+
 from mnist_server.errors import ModelLoadError, NotReadyError
 from mnist_server.model import LoadState, SavedModel, load_in_background
 from mnist_server.repository import resolve
-from prometheus_client import CollectorRegistry
 
 
 def reference(root: Path) -> tuple[np.ndarray, np.ndarray]:

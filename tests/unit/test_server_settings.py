@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mnist_server import cli
 from mnist_server.repository import ModelVersion
 from mnist_server.serving import ServerApplication, WorkerGroup

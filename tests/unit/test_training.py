@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from mnist_server import export as export_module
 from mnist_server.data import MnistData, load_mnist
 from mnist_server.repository import list_versions, resolve

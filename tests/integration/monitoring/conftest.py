@@ -30,8 +30,9 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from mnist_operator.metrics import Metrics
 from prometheus_client import CollectorRegistry, start_http_server
+
+from mnist_operator.metrics import Metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from monitoring_support import (
@@ -54,6 +55,7 @@ SERVER_SCRIPT = Path(sys.executable).parent / "mnist-server"
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`<root>/mnist/1`: a tiny seeded Keras model (untrained: the metrics are the point here)."""
     import keras
+
     from mnist_server.export import export_model
 
     keras.utils.set_random_seed(7)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+
 from localcluster import OPERATOR_USER, REPO_ROOT, LocalCluster
 
 T = TypeVar("T")

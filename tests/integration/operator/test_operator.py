@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from localcluster import REPO_ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

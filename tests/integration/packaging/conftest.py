@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from localcluster import REPO_ROOT, LocalCluster
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from localcluster import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from localcluster import REPO_ROOT, LocalCluster
 from mnist_operator import api
 from mnist_operator.handlers import WATCHED_CHILDREN

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from localcluster import REPO_ROOT, LocalCluster
 from mnist_operator import api
 from mnist_operator.builders import Owner, deployment

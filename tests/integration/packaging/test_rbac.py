@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from demo import DemoError, install_rbac, service_account_kubeconfig, start_operator, wait_for
+
 from localcluster import LocalCluster
 
 pytestmark = pytest.mark.slow
