@@ -20,9 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -76,15 +74,44 @@ class BatchingConfig:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
 
 
-@dataclass(eq=False)
-class _Chunk:
-    images: FloatArray
-    enqueued: float
-    future: Future[FloatArray] = field(default_factory=Future)
+_QUEUED, _RUNNING, _DONE, _CANCELLED = range(4)
 
-    @property
-    def size(self) -> int:
-        return int(self.images.shape[0])
+
+class Pending:
+    """The answer to one queued chunk of a request, filled in by the batching thread.
+
+    Lighter than ``concurrent.futures.Future`` (no condition variable, no waiter list): a lock
+    that is held from creation until the answer is in, which costs one futex wake per chunk.
+    """
+
+    __slots__ = ("_done", "_error", "_result", "enqueued", "images", "size", "state")
+
+    def __init__(self, images: FloatArray, enqueued: float) -> None:
+        self.images = images
+        self.size = int(images.shape[0])
+        self.enqueued = enqueued
+        self.state = _QUEUED  # changed only under the batcher's lock
+        self._result: FloatArray | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def result(self, timeout: float | None = None) -> FloatArray:
+        """The rows for this chunk; raises the batch's error, or TimeoutError after ``timeout``."""
+        if not self._done.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise TimeoutError("the answer has not arrived yet")
+        self._done.release()  # stays readable: result() may be called again
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def done(self) -> bool:
+        return self.state == _DONE
+
+    def _finish(self, result: FloatArray | None = None, error: BaseException | None = None) -> None:
+        self._result, self._error, self.state = result, error, _DONE
+        self._done.release()
 
 
 class MicroBatcher:
@@ -107,7 +134,7 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._name = name
         self._cond = threading.Condition()
-        self._queue: deque[_Chunk] = deque()
+        self._queue: deque[Pending] = deque()
         self._queued_images = 0
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -116,27 +143,34 @@ class MicroBatcher:
 
     def predict(self, images: FloatArray, timeout_s: float | None = None) -> FloatArray:
         """Rows of ``predict(images)``, computed within shared batches; blocks the caller."""
-        futures = self.submit(images)
+        chunks = self.submit(images)
         timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
+        if len(chunks) == 1:  # the common case, without the bookkeeping below
+            try:
+                return chunks[0].result(timeout_s)
+            except TimeoutError:
+                self._cancel(chunks)
+                raise BatchTimeoutError(
+                    f"no answer for {images.shape[0]} image(s) in {timeout_s:g} s"
+                ) from None
         deadline = time.monotonic() + timeout_s
         parts = []
         try:
-            for future in futures:
-                parts.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
-        except FutureTimeout:
-            for future in futures:
-                future.cancel()  # chunks still queued are dropped, not computed for nobody
+            for chunk in chunks:
+                parts.append(chunk.result(deadline - time.monotonic()))
+        except TimeoutError:
+            self._cancel(chunks)
             raise BatchTimeoutError(f"no answer for {images.shape[0]} image(s) in {timeout_s:g} s") from None
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return np.concatenate(parts)
 
-    def submit(self, images: FloatArray) -> list[Future[FloatArray]]:
-        """Queue ``images`` (split into chunks of at most ``max_batch_size``); one future per chunk."""
+    def submit(self, images: FloatArray) -> list[Pending]:
+        """Queue ``images`` (split into chunks of at most ``max_batch_size``); one answer per chunk."""
         count = int(images.shape[0])
         if count == 0:
             raise ValueError("no images to predict")
         limit = self.config.max_batch_size
         now = time.monotonic()
-        chunks = [_Chunk(images[start : start + limit], now) for start in range(0, count, limit)]
+        chunks = [Pending(images[start : start + limit], now) for start in range(0, count, limit)]
         with self._cond:
             if self._closed:
                 raise BatcherClosedError("the model server is shutting down")
@@ -149,7 +183,14 @@ class MicroBatcher:
             self._queue.extend(chunks)
             self._queued_images += count
             self._cond.notify()
-        return [chunk.future for chunk in chunks]
+        return chunks
+
+    def _cancel(self, chunks: list[Pending]) -> None:
+        # Chunks still queued are dropped, not computed for a caller that has gone.
+        with self._cond:
+            for chunk in chunks:
+                if chunk.state == _QUEUED:
+                    chunk.state = _CANCELLED
 
     @property
     def queued_images(self) -> int:
@@ -167,8 +208,9 @@ class MicroBatcher:
         with self._cond:
             while self._queue:
                 chunk = self._queue.popleft()
-                if chunk.future.set_running_or_notify_cancel():
-                    chunk.future.set_exception(BatcherClosedError("the model server shut down first"))
+                if chunk.state == _QUEUED:
+                    chunk.state = _RUNNING
+                    chunk._finish(error=BatcherClosedError("the model server shut down first"))
             self._queued_images = 0
 
     def _start_locked(self) -> None:
@@ -183,7 +225,7 @@ class MicroBatcher:
             if batch:
                 self._execute(batch)
 
-    def _next_batch(self) -> list[_Chunk] | None:
+    def _next_batch(self) -> list[Pending] | None:
         """The next batch to run; None once closed and drained; [] if all taken were cancelled."""
         limit = self.config.max_batch_size
         with self._cond:
@@ -191,7 +233,7 @@ class MicroBatcher:
                 if self._closed:
                     return None
                 self._cond.wait()
-            batch: list[_Chunk] = []
+            batch: list[Pending] = []
             size = self._take_locked(batch, 0, limit)
             if self.config.max_wait_s > 0 and size < limit:
                 deadline = (batch[0].enqueued if batch else time.monotonic()) + self.config.max_wait_s
@@ -208,17 +250,17 @@ class MicroBatcher:
                     self._cond.wait(remaining)
             return batch
 
-    def _take_locked(self, batch: list[_Chunk], size: int, limit: int) -> int:
+    def _take_locked(self, batch: list[Pending], size: int, limit: int) -> int:
         while self._queue and size + self._queue[0].size <= limit:
             chunk = self._queue.popleft()
             self._queued_images -= chunk.size
-            # Marks the future running; False means its caller gave up, so skip the work.
-            if chunk.future.set_running_or_notify_cancel():
+            if chunk.state == _QUEUED:  # else its caller gave up: skip the work
+                chunk.state = _RUNNING
                 batch.append(chunk)
                 size += chunk.size
         return size
 
-    def _execute(self, batch: list[_Chunk]) -> None:
+    def _execute(self, batch: list[Pending]) -> None:
         images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
         started = time.perf_counter()
         try:
@@ -229,14 +271,14 @@ class MicroBatcher:
                 )
         except Exception as exc:
             for chunk in batch:
-                chunk.future.set_exception(exc)
+                chunk._finish(error=exc)
             return
         finally:
             if self._on_batch is not None:
                 self._on_batch(int(images.shape[0]), time.perf_counter() - started)
         offset = 0
         for chunk in batch:
-            chunk.future.set_result(output[offset : offset + chunk.size])
+            chunk._finish(output[offset : offset + chunk.size])
             offset += chunk.size
 
 
@@ -248,4 +290,5 @@ __all__ = [
     "BatchingConfig",
     "BatchingError",
     "MicroBatcher",
+    "Pending",
 ]

@@ -119,12 +119,14 @@ def check_images(array: npt.NDArray[Any], field: str, max_batch: int, expected: 
             f"{field} holds {array.shape[0]} images; at most {max_batch} are accepted per request",
             Reason.BATCH_TOO_LARGE,
         )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInputError(
-            f"{field} holds NaN or Infinity; pixels must be numbers in [0, 1]", Reason.NON_FINITE
-        )
     low, high = array.min(), array.max()
-    if low < 0 or high > 1:
+    # One pass each for min and max: NaN makes both comparisons false, and so does infinity, so
+    # the finiteness check runs only for arrays that already failed the range check.
+    if not (low >= 0 and high <= 1):
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInputError(
+                f"{field} holds NaN or Infinity; pixels must be numbers in [0, 1]", Reason.NON_FINITE
+            )
         raise InvalidInputError(
             f"{field} values must be in [0, 1] (scale 0-255 pixels by 1/255); got min {low:g}, max {high:g}",
             Reason.OUT_OF_RANGE,
