@@ -48,11 +48,10 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     limit_backend, limit, limit_batch = _best_limit(data)
     kserve = _find(data, "kserve", "v2-1", 32)
     baseline = _find(data, "baseline", "tutorial-1", 32)
-    for key in OURS:
-        run = _run(data, key)
-        if run is None or run["error"]:
+    for run in _ours(data):
+        if run["error"]:
             continue
-        name = run["label"]
+        key, name = run["key"], run["label"]
         c1 = _find(data, key, "tutorial-1", 1)
         p50 = c1["latency_ms"]["p50"] if c1 else None
         rows.append(
@@ -106,7 +105,7 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 )
             )
         rss = max((r["server_max_rss_mb"] for r in run["results"]), default=None)
-        cap = 150 if key == "ours-onnx" else 600
+        cap = 150 if key.startswith("ours-onnx") else 600
         rows.append(
             (
                 f"memory: RSS < {cap} MB",
@@ -196,10 +195,10 @@ def render(data: dict[str, Any]) -> str:
         "| ours | peer | payload | conc. | req/s ratio | p50 ratio (peer / ours) |",
         "| --- | --- | --- | ---: | ---: | ---: |",
     ]
-    for key in OURS:
-        ours = _run(data, key)
-        if ours is None or ours["error"]:
+    for ours in _ours(data):
+        if ours["error"]:
             continue
+        key = ours["key"]
         for peer_key in ("kserve", "baseline"):
             peer = _run(data, peer_key)
             if peer is None or peer["error"]:
@@ -244,7 +243,13 @@ def render(data: dict[str, Any]) -> str:
 
 
 def _is_variant(run: dict[str, Any]) -> bool:
-    return "[" in run["key"]
+    """A sweep variant: reported in the tuning table only."""
+    return "[sweep:" in run["key"]
+
+
+def _ours(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Our server's runs for the main tables: each backend, and variants given with --variant."""
+    return [run for run in data["runs"] if run["key"].startswith(OURS) and not _is_variant(run)]
 
 
 def _tuning(data: dict[str, Any]) -> list[str]:
@@ -264,7 +269,7 @@ def _tuning(data: dict[str, Any]) -> list[str]:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in variants:
-        name = run["key"].split("[", 1)[1].rstrip("]")
+        name = run["key"].split("[sweep:", 1)[1].rstrip("]")
         if run["error"]:
             lines.append(f"| {name} | failed: {run['error']} | | | | | | | | |")
             continue
@@ -278,7 +283,9 @@ def _tuning(data: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Variants: "
-        + "; ".join(f"**{run['key'].split('[', 1)[1].rstrip(']')}**: {run['notes']}" for run in variants)
+        + "; ".join(
+            f"**{run['key'].split('[sweep:', 1)[1].rstrip(']')}**: {run['notes']}" for run in variants
+        )
         + ".",
     ]
     return lines

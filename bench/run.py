@@ -546,14 +546,14 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     return name.strip(), env
 
 
-def ours_variants(base: ServerSpec, variants: list[str]) -> list[ServerSpec]:
+def ours_variants(base: ServerSpec, variants: list[str], sweep: bool = False) -> list[ServerSpec]:
     specs = []
     for text in variants:
         name, env = parse_variant(text)
         described = " ".join(f"{k}={v}" for k, v in env.items())
         specs.append(
             ServerSpec(
-                key=f"{base.key}[{name}]",
+                key=f"{base.key}[{'sweep:' if sweep else ''}{name}]",
                 label=f"{base.label} {name}",
                 command=base.command,
                 env=base.env | env,
@@ -744,8 +744,8 @@ def main() -> int:
         if args.variant:
             specs += only(ours_variants(base, args.variant), args.only)
         if args.sweep:
-            default = ours_variants(base, ["defaults: MNIST_SERVER_LOG_LEVEL=warning"])
-            specs += only(default + ours_variants(base, list(SWEEP_VARIANTS)), SWEEP_SCENARIOS)
+            default = ours_variants(base, ["defaults: MNIST_SERVER_LOG_LEVEL=warning"], sweep=True)
+            specs += only(default + ours_variants(base, list(SWEEP_VARIANTS), sweep=True), SWEEP_SCENARIOS)
     runs = []
     for spec in specs:
         runs.append(
