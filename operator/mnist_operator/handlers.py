@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 WATCHED_CHILDREN = (*api.CHILD_KINDS, api.POD)
 OPTIONAL_CRDS = {f"{k.plural}.{k.group}" for k in api.OPTIONAL_KINDS}
+OPTIONAL_API_RECHECK_DELAYS = (0.0, 2.0, 10.0)  # seconds after a Route/ServiceMonitor CRD event
 
 
 def index_id(kind: api.ResourceKind) -> str:
@@ -86,6 +87,20 @@ class Operator:
             logger.debug("periodic resync of %d models", len(self.cache.model_keys()))
             self.enqueue_all()
 
+    def recheck_optional_apis(self) -> None:
+        """Re-run discovery and every reconcile now, and again shortly after.
+
+        The API server publishes a new CRD's group in discovery a moment after the CRD is
+        Established, so a single re-check right after the CRD event can still see the old API set.
+        """
+        loop = asyncio.get_running_loop()
+        for delay in OPTIONAL_API_RECHECK_DELAYS:
+            loop.call_later(delay, self._recheck_now)
+
+    def _recheck_now(self) -> None:
+        self.discovery.invalidate()
+        self.enqueue_all()
+
     def enqueue_owner(self, key: tuple[str, str] | None) -> None:
         if key is not None and self.cache.model(*key) is not None:
             self.queue.add(key)
@@ -115,8 +130,10 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     def index_models(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace or "", name): snapshot(body)}
 
+    # Event handlers are coroutines on purpose: kopf runs plain functions in a thread pool, and the
+    # work queue (asyncio.Queue, timers) must only be touched from the event loop's thread.
     @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="event_mnistmodel", registry=registry)
-    def model_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    async def model_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
         key = (namespace or "", name)
         if type == "DELETED":
             op.queue.forget(key)
@@ -144,7 +161,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     @kopf.on.event(
         api.POD.group, api.POD.version, api.POD.plural, id="event_pod", labels=managed, registry=registry
     )
-    def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         instance = labels.get(api.LABEL_INSTANCE)
         op.enqueue_owner((namespace or "", instance) if instance else None)
 
@@ -156,12 +173,11 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         registry=registry,
         when=lambda name, **_: name in OPTIONAL_CRDS,
     )
-    def optional_api_changed(name: str, type: str, **_: Any) -> None:
+    async def optional_api_changed(name: str, type: str, **_: Any) -> None:
         if not type:
             return  # the initial listing (kopf passes None): discovery is fresh anyway
         logger.info("CRD %s changed (%s): re-checking the optional APIs", name, type)
-        op.discovery.invalidate()
-        op.enqueue_all()
+        op.recheck_optional_apis()
 
 
 def _register_child(
@@ -173,7 +189,7 @@ def _register_child(
         key = owner_key(body)
         return {key: snapshot(body, keep_managed_fields=keep_managed_fields)} if key else {}
 
-    def child_event(type: str, body: kopf.Body, **_: Any) -> None:
+    async def child_event(type: str, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             op.cache.observe_deletion(body)
         op.enqueue_owner(owner_key(body))
