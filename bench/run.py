@@ -534,6 +534,8 @@ SWEEP_VARIANTS = (
     "4-threads: MNIST_SERVER_THREADS=4",
     "32-threads: MNIST_SERVER_THREADS=32",
 )
+# Our server with one worker per core, beside the defaults, in the main tables.
+DEFAULT_VARIANTS = ("2-workers: MNIST_SERVER_WORKERS=2",)
 SWEEP_SCENARIOS = "tutorial-1@1,tutorial-1@32,tutorial-1@128,v2bin-64@4"
 
 
@@ -674,7 +676,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--servers", default="ours-onnx,ours-tensorflow,baseline,kserve", help="(%(default)s)"
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario (%(default)s)")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per scenario (%(default)s)")
     parser.add_argument(
         "--warmup", type=float, default=2.0, help="seconds of unrecorded load first (%(default)s)"
     )
@@ -690,15 +692,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--variant",
         action="append",
-        default=[],
-        help="also run our onnx server with other settings: 'name: MNIST_SERVER_X=value ...' (repeatable)",
+        default=None,
+        help="also run our onnx server with other settings: 'name: MNIST_SERVER_X=value ...' "
+        f"(repeatable; default: {DEFAULT_VARIANTS[0]!r})",
     )
     parser.add_argument(
-        "--sweep",
-        action="store_true",
-        help=f"add the tuning variants ({len(SWEEP_VARIANTS)}, one setting each) on {SWEEP_SCENARIOS}",
+        "--no-sweep",
+        dest="sweep",
+        action="store_false",
+        help=f"skip the tuning variants ({len(SWEEP_VARIANTS)}, one setting each, on {SWEEP_SCENARIOS})",
     )
     args = parser.parse_args()
+    if args.variant is None:
+        args.variant = list(DEFAULT_VARIANTS)
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
     return args
