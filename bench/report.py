@@ -213,6 +213,24 @@ def render(data: dict[str, Any]) -> str:
                     f"{r['latency_ms']['p50'] / max(mine['latency_ms']['p50'], 1e-9):.1f}x |"
                 )
     lines += _tuning(data)
+    lines += [
+        "",
+        "## Notes",
+        "",
+        "- KServe runs one process. Its multi-process mode (`--workers 2`) starts workers with "
+        "`spawn` and pickles the model object into them; a model holding a loaded TensorFlow "
+        "SavedModel cannot be pickled (`Can't pickle local object "
+        "'Loader._recreate_base_user_object.<locals>._UserObject'`), so one process is what KServe's "
+        "Python server can do with this model.",
+        "- With two workers, gunicorn's workers share one listening socket and accept connections "
+        "as they come. wrk opens all its keep-alive connections in one burst, and in some rows one "
+        "worker took nearly all of them (server CPU near 1.0 instead of 2.0, throughput of one "
+        "worker). Clients that reconnect, or a Kubernetes Service spreading connections over pods, "
+        "do not show this; scale with replicas before workers.",
+        "- Single images are bound by the Python side of a request (gunicorn's HTTP parsing, "
+        "Flask, JSON and NumPy conversion: ~1.2-1.5 ms of CPU), not by the model (~0.15 ms): "
+        "batching them saves little CPU there, while batches of 64 reach most of the compute limit.",
+    ]
     lines += ["", "## The servers", ""]
     for run in data["runs"]:
         if _is_variant(run):

@@ -687,6 +687,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print the results, write no report")
     parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only re-render the report from a previous run's figures"
+    )
+    parser.add_argument(
         "--only", help="run only these scenarios, e.g. tutorial-1@32,v2bin-64@4 (payload@concurrency)"
     )
     parser.add_argument(
@@ -712,6 +715,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    if args.render:
+        data = json.loads(args.render.read_text())
+        args.output.write_text(report.render(data))
+        print(f"wrote {args.output} from {args.render}")
+        return 0
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
