@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from testkit import tiny_keras_model
 
 pytestmark = pytest.mark.slow
 
@@ -48,21 +49,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def lean(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lean]:
-    import keras
-
     from mnist_server.backends import open_runner
     from mnist_server.backends.onnx_export import export_onnx
     from mnist_server.export import export_model
 
-    keras.utils.set_random_seed(5)
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
+    model = tiny_keras_model(seed=5, hidden=32)
     root = tmp_path_factory.mktemp("lean-models")
     version = export_model(model, root, "mnist", "1", {"purpose": "lean server test"})
     export_onnx(version.path)

@@ -8,13 +8,13 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from kopf.testing import KopfRunner
+from testkit import wait_for
 
 from localcluster import COMPONENTS, OPERATOR_USER, REPO_ROOT, ClusterError, LocalCluster, component_alive
 
@@ -24,18 +24,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 WIDGET_CRD = "widgets.test.aidevsecops.dev"
 
 T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll until probe returns something truthy; fail with `what` after the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def get_json(cluster: LocalCluster, *args: str) -> Any:

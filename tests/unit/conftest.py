@@ -19,6 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
+from testkit import tiny_keras_model
 
 from mnist_server.app import create_app
 from mnist_server.settings import Settings
@@ -73,19 +74,9 @@ def server_client(server_app: Flask) -> Iterator[FlaskClient]:
 @pytest.fixture(scope="session")
 def server_tiny_model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<root>/mnist/1``: a tiny Keras model (seeded, untrained) exported by ``export_model``."""
-    import keras
-
     from mnist_server.export import export_model
 
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
+    model = tiny_keras_model(seed=3)
     root = tmp_path_factory.mktemp("server-models")
     export_model(model, root, "mnist", "1", {"purpose": "server unit tests"})
     np.save(root / "reference-input.npy", _reference_images())

@@ -31,6 +31,7 @@ import pytest
 import requests
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
+from testkit import tiny_keras_model
 
 from mnist_operator.metrics import Metrics
 
@@ -54,19 +55,9 @@ SERVER_SCRIPT = Path(sys.executable).parent / "mnist-server"
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`<root>/mnist/1`: a tiny seeded Keras model (untrained: the metrics are the point here)."""
-    import keras
-
     from mnist_server.export import export_model
 
-    keras.utils.set_random_seed(7)
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
+    model = tiny_keras_model(seed=7)
     root = tmp_path_factory.mktemp("monitoring-models")
     export_model(model, root, "mnist", "1", {"purpose": "dashboard and alert tests"})
     return root

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import testkit
 import yaml
 
 from localcluster import OPERATOR_USER, REPO_ROOT, LocalCluster
@@ -38,15 +38,8 @@ OPTIONAL_CRDS = {
 
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:
-    """Poll until `probe` returns something truthy; fail naming `what` after the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """testkit.wait_for with the longer default that operator round trips need."""
+    return testkit.wait_for(probe, what, timeout, interval)
 
 
 def free_port() -> int:
