@@ -61,6 +61,7 @@ class Operator:
         self.reconciler = Reconciler(settings, self.client, self.discovery, self.cache, metrics)
         self.queue = WorkQueue(self.reconciler, workers=settings.workers)
         self._resync: asyncio.Task[None] | None = None
+        self._rechecks: set[asyncio.TimerHandle] = set()
 
     async def start(self, indices: Mapping[str, Any]) -> None:
         self.cache.attach(api.KIND, indices[index_id(api.MNISTMODEL)])
@@ -70,6 +71,9 @@ class Operator:
         self._resync = asyncio.create_task(self._resync_forever(), name="resync")
 
     async def stop(self) -> None:
+        for handle in self._rechecks:
+            handle.cancel()
+        self._rechecks.clear()
         if self._resync is not None:
             self._resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -95,9 +99,13 @@ class Operator:
         """
         loop = asyncio.get_running_loop()
         for delay in OPTIONAL_API_RECHECK_DELAYS:
-            loop.call_later(delay, self._recheck_now)
+            handle = loop.call_later(delay, self._recheck_now)
+            self._rechecks.add(handle)
 
     def _recheck_now(self) -> None:
+        # Forget the handles that have fired, so the set only holds re-checks still to come.
+        now = asyncio.get_running_loop().time()
+        self._rechecks = {handle for handle in self._rechecks if handle.when() > now}
         self.discovery.invalidate()
         self.enqueue_all()
 
