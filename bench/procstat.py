@@ -1,6 +1,6 @@
 """CPU time and memory of a process tree, read from /proc (Linux only).
 
-A server is a tree (gunicorn's master and workers, KServe's uvicorn), so figures are per tree:
+A server is a tree (Granian's master and workers, KServe's uvicorn), so figures are per tree:
 CPU seconds summed over every process seen, the largest single process's RSS (what one worker
 costs) and the tree's total RSS and PSS (PSS splits pages shared after a fork fairly).
 """

@@ -531,6 +531,7 @@ SWEEP_VARIANTS = (
     "wait-5ms: MNIST_SERVER_BATCH_MAX_WAIT_MS=5",
     "2-workers: MNIST_SERVER_WORKERS=2",
     "1-thread: MNIST_SERVER_INFERENCE_THREADS=1",
+    "2-threads: MNIST_SERVER_THREADS=2",
     "4-threads: MNIST_SERVER_THREADS=4",
     "32-threads: MNIST_SERVER_THREADS=32",
 )
@@ -741,7 +742,7 @@ def main() -> int:
 
     ours_versions = package_versions(
         Path(sys.executable),
-        ["tensorflow-cpu", "tensorflow", "onnxruntime", "numpy", "flask", "gunicorn", "orjson", "keras"],
+        ["tensorflow-cpu", "tensorflow", "onnxruntime", "numpy", "flask", "granian", "orjson", "keras"],
     )
     kserve_python = None
     kserve_versions: dict[str, str] = {}

@@ -85,7 +85,7 @@ def create_app(
     readiness_gate: Callable[[], str | None] | None = None,
 ) -> Flask:
     """The server for one model. ``registry`` holds this process's metrics; with
-    ``multiprocess_dir`` (several gunicorn workers) ``/metrics`` serves all workers' aggregate.
+    ``multiprocess_dir`` (several worker processes) ``/metrics`` serves all workers' aggregate.
     ``readiness_gate``, once the model is ready, says why the server is not (e.g. other workers
     still loading), or None."""
     app = Flask(__name__)

@@ -1,4 +1,4 @@
-"""``mnist-server``: validate settings, resolve the model version once, then serve under gunicorn."""
+"""``mnist-server``: validate settings, resolve the model version once, then serve under Granian."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from mnist_server.repository import RepositoryError, resolve
+from mnist_server.serving import LOG_FORMAT
 from mnist_server.settings import VARIABLES, Settings, SettingsError, format_default, unknown_variables
 
 log = logging.getLogger("mnist_server")
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     for name in unknown_variables(env):
         log.warning("ignoring unknown setting %s (a typo?)", name)

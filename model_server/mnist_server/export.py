@@ -21,8 +21,12 @@ from mnist_server.repository import (
 )
 
 
-def export_model(model: Any, root: Path, name: str, version: str, metadata: dict[str, Any]) -> ModelVersion:
-    """Write ``model`` as ``<root>/<name>/<version>/`` with the serving signature and metadata.
+def export_model(
+    model: Any, root: Path, name: str, version: str, metadata: dict[str, Any], *, onnx: bool = False
+) -> ModelVersion:
+    """Write ``model`` as ``<root>/<name>/<version>/`` with the serving signature and metadata;
+    with ``onnx``, also ``model.onnx`` converted from that SavedModel (for the lean, faster
+    ``onnx`` backend), checked against TensorFlow before the version is published.
 
     The version is built in a hidden temporary directory beside its final place and renamed in
     one step, so an interrupted export leaves no directory a server would load. An existing
@@ -57,6 +61,11 @@ def export_model(model: Any, root: Path, name: str, version: str, metadata: dict
         saved = staging / "model"
         archive.write_out(str(saved), verbose=False)
         (saved / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        if onnx:
+            from mnist_server.backends.onnx_export import check_agreement, export_onnx
+
+            export_onnx(saved)
+            check_agreement(saved)
         _fsync_tree(saved)
         saved.rename(final)
     finally:

@@ -1,7 +1,7 @@
 """The server's Prometheus metrics: few, with units in their names and bounded labels.
 
-Metrics are registered on the registry passed in (a fresh one per test). Under gunicorn with
-several workers, prometheus_client's multiprocess mode stores every worker's values in files
+Metrics are registered on the registry passed in (a fresh one per test). With several worker
+processes, prometheus_client's multiprocess mode stores every worker's values in files
 under ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` serves their aggregate
 (see ``exposition_registry``); that mode must be chosen before prometheus_client is imported.
 """

@@ -1,12 +1,20 @@
-"""Running the app under gunicorn: WORKERS processes x THREADS threads (the ``gthread`` worker).
+"""Running the app under Granian: WORKERS processes, each answering requests on THREADS threads.
+
+Why Granian and not gunicorn: Granian parses HTTP and keeps connections alive in Rust, and hands
+the WSGI app a ready request on one of its Python threads. gunicorn's ``gthread`` worker does all
+of that in Python, with a round trip through its main thread's poller for every request; on two
+cores that cost more than Flask and the model together (docs/benchmarks.md has the figures).
 
 The master process never imports TensorFlow (it is not fork-safe and costs ~500 MB): each worker
 builds its own app after the fork and loads the model in a background thread, so ``/healthz``
 answers at once and ``/readyz`` turns 200 when the model has loaded and answered a warm-up.
+A worker that dies is started again (twice within a few seconds: the server exits, and the
+kubelet restarts the container).
 
 With more than one worker, metrics use prometheus_client's multiprocess mode: each worker
-writes its values to files in a fresh directory, ``/metrics`` (served by any worker) aggregates
-them, and the master marks a worker's live gauges dead when the worker exits.
+writes its values to files in a fresh directory and ``/metrics`` (served by any worker)
+aggregates them. Granian has no hook for a worker's death, so each worker, as it starts, tidies
+up after workers that are gone (their live gauges, their readiness markers).
 """
 
 from __future__ import annotations
@@ -16,61 +24,66 @@ import os
 import shutil
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from gunicorn.app.base import BaseApplication
 
 from mnist_server.repository import ModelVersion
 from mnist_server.settings import Settings
 
 if TYPE_CHECKING:
     from flask import Flask
+    from granian.server.common import AbstractServer
+
+log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# gunicorn's worker heartbeat is a file it fchmods every second; on a disk-backed overlay that
-# can block, so use memory where it exists (as gunicorn's docs advise for containers).
-SHM = Path("/dev/shm")
+METRICS_DIR_PREFIX = "mnist-server-metrics-"
+LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
-class ServerApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
-    def __init__(
-        self, settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None
-    ) -> None:
-        self.settings = settings
-        self.model_version = model_version
-        self.multiprocess_dir = multiprocess_dir
-        super().__init__(prog="mnist-server")
+def build_server(
+    settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None
+) -> AbstractServer[Any]:
+    """The Granian server for these settings (not started). Each worker process builds its app
+    with :func:`build_worker_app` once it has been forked."""
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
 
-    def load_config(self) -> None:
-        s = self.settings
-        host = f"[{s.host}]" if ":" in s.host else s.host
-        options: dict[str, Any] = {
-            "bind": [f"{host}:{s.port}"],
-            "worker_class": "gthread",
-            "workers": s.workers,
-            "threads": s.threads,
-            "timeout": s.timeout,
-            "graceful_timeout": s.graceful_timeout,
-            "loglevel": s.log_level,
-            "errorlog": "-",
-            "accesslog": None,
-            "preload_app": False,  # load in each worker, after the fork
-            "proc_name": "mnist-server",
-            "control_socket_disable": True,  # would otherwise create a socket under $HOME
-            "worker_tmp_dir": str(SHM) if SHM.is_dir() else None,
-            "worker_exit": _worker_exit,
-            "child_exit": _child_exit,
-            "on_exit": _on_exit,
-        }
-        for key, value in options.items():
-            self.cfg.set(key, value)
+    server = Granian(
+        "mnist-server",  # only a label: the loader below builds the app
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.WSGI,
+        # HTTP/1.1 with keep-alive is what probes, Prometheus and model clients speak.
+        http=HTTPModes.http1,
+        http1_settings=HTTP1Settings(keep_alive=True),
+        workers=settings.workers,
+        blocking_threads=settings.threads,
+        respawn_failed_workers=True,
+        workers_kill_timeout=settings.graceful_timeout or None,
+        log_level=LogLevels(settings.log_level),
+        log_dictconfig=_granian_logging(),
+        log_access=False,
+        websockets=False,
+    )
+    server.on_shutdown(partial(_remove_metrics_dir, multiprocess_dir))
+    return server
 
-    def load(self) -> Flask:
-        return build_worker_app(self.settings, self.model_version, self.multiprocess_dir)
+
+def serve(settings: Settings, model_version: ModelVersion) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    multiprocess_dir = prepare_metrics_mode(settings.workers)
+    server = build_server(settings, model_version, multiprocess_dir)
+    # A plain function and frozen dataclasses: picklable, should workers ever be spawned, not forked.
+    loader = partial(build_worker_app, settings, model_version, multiprocess_dir)
+    server.serve(target_loader=loader, wrap_loader=False)
 
 
 def build_worker_app(settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None) -> Flask:
+    """In a worker process, after the fork: the app, with the model loading in the background."""
     from prometheus_client import CollectorRegistry, disable_created_metrics
 
     from mnist_server.app import create_app
@@ -78,6 +91,9 @@ def build_worker_app(settings: Settings, model_version: ModelVersion, multiproce
     from mnist_server.batching import BatchingConfig
     from mnist_server.model import SavedModel, load_in_background
 
+    log.info(
+        "worker %d is loading model %s version %s", os.getpid(), model_version.name, model_version.version
+    )
     # `_created` series would double the exposition, and nothing here reads them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     model = SavedModel(
@@ -95,6 +111,7 @@ def build_worker_app(settings: Settings, model_version: ModelVersion, multiproce
         load_in_background(model)
         return app
     group = WorkerGroup(multiprocess_dir, settings.workers)
+    forget_dead_workers(multiprocess_dir, group)
     app = create_app(
         settings,
         model,
@@ -113,7 +130,7 @@ class WorkerGroup:
     The kubelet's probe reaches whichever worker accepts the connection. Were each worker to
     answer only for itself, the pod would turn ready when the first worker has loaded, and the
     requests that reach the others would fail until they have too; so every worker answers for
-    all. The master removes a worker's marker when the worker exits (``_child_exit``).
+    all. Only markers of living processes count: a worker that died (and was replaced) does not.
     """
 
     def __init__(self, state_dir: Path, size: int) -> None:
@@ -127,11 +144,48 @@ class WorkerGroup:
     def forget(self, pid: int) -> None:
         (self.directory / str(pid)).unlink(missing_ok=True)
 
+    def ready_pids(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        return [int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and _alive(int(p.name))]
+
     def not_ready(self) -> str | None:
-        ready = len(list(self.directory.glob("*"))) if self.directory.is_dir() else 0
+        ready = len(self.ready_pids())
         if ready >= self.size:
             return None
         return f"{ready} of {self.size} workers have loaded the model"
+
+
+def forget_dead_workers(multiprocess_dir: Path, group: WorkerGroup) -> list[int]:
+    """Drop what workers that are gone left behind: their live gauges (which must vanish with
+    their process) and their readiness markers. Their counters and histograms stay, so that
+    totals never go backwards. Returns the pids tidied up."""
+    from prometheus_client import multiprocess
+
+    pids = {_pid_of(path) for path in multiprocess_dir.glob("gauge_live*.db")}
+    if group.directory.is_dir():
+        pids |= {int(p.name) for p in group.directory.iterdir() if p.name.isdigit()}
+    dead = sorted(pid for pid in pids if pid is not None and not _alive(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, str(multiprocess_dir))  # type: ignore[no-untyped-call]
+        group.forget(pid)
+    return dead
+
+
+def _pid_of(path: Path) -> int | None:
+    # prometheus_client names its files <type>_<mode>_<pid>.db
+    tail = path.stem.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def prepare_metrics_mode(workers: int) -> Path | None:
@@ -142,42 +196,30 @@ def prepare_metrics_mode(workers: int) -> Path | None:
         # A stray value from the environment would switch a single process into file mode.
         os.environ.pop(MULTIPROC_ENV, None)
         return None
-    directory = Path(tempfile.mkdtemp(prefix="mnist-server-metrics-"))
+    directory = Path(tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX))
     os.environ[MULTIPROC_ENV] = str(directory)
     return directory
 
 
-def serve(settings: Settings, model_version: ModelVersion) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    multiprocess_dir = prepare_metrics_mode(settings.workers)
-    ServerApplication(settings, model_version, multiprocess_dir).run()
-
-
-def _worker_exit(server: Any, worker: Any) -> None:
-    """In the worker, once it has finished its in-flight requests and is about to exit.
-
-    With TensorFlow loaded, the interpreter's own teardown burns seconds of CPU per worker
-    (about 3 s alone, 10 s for two workers on two busy cores) and frees nothing the kernel will
-    not: after a normal shutdown, flush the logs and leave at once. Other exits keep their code.
-    """
-    error = sys.exc_info()[1]
-    if isinstance(error, SystemExit) and error.code in (0, None):
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-
-def _child_exit(server: Any, worker: Any) -> None:
-    directory = os.environ.get(MULTIPROC_ENV)
-    if directory:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
-        WorkerGroup(Path(directory), 0).forget(worker.pid)
-
-
-def _on_exit(server: Any) -> None:
-    directory = os.environ.get(MULTIPROC_ENV)
-    if directory and Path(directory).name.startswith("mnist-server-metrics-"):
+def _remove_metrics_dir(directory: Path | None) -> None:
+    if directory is not None and directory.name.startswith(METRICS_DIR_PREFIX):
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _granian_logging() -> dict[str, Any]:
+    """Granian's own messages in the same format and on the same stream (stderr) as ours."""
+    return {
+        "formatters": {"generic": {"()": "logging.Formatter", "fmt": LOG_FORMAT}},
+        "handlers": {
+            "console": {
+                "formatter": "generic",
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+            },
+            "access": {
+                "formatter": "generic",
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+            },
+        },
+    }

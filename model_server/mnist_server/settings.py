@@ -149,8 +149,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("max_body_bytes", _int_in(1024, 1024**3), "largest request body accepted (413 above)"),
     Variable("max_batch", _int_in(1, 100_000), "most images accepted in one request (413 above)"),
     Variable("log_level", _log_level, "one of " + ", ".join(LOG_LEVELS)),
-    Variable("timeout", _int_in(1, 3600), "seconds a worker may stay silent before it is restarted"),
-    Variable("graceful_timeout", _int_in(0, 3600), "seconds to finish in-flight requests after SIGTERM"),
+    Variable(
+        "timeout", _int_in(1, 3600), "seconds a request may wait for the model before it fails with 503"
+    ),
+    Variable(
+        "graceful_timeout", _int_in(0, 3600), "seconds workers get to finish in-flight requests after SIGTERM"
+    ),
     Variable(
         "backend",
         _backend,

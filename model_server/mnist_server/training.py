@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from mnist_server.backends import BackendError
 from mnist_server.data import DataError, MnistData, Split, load_mnist
 from mnist_server.repository import IMAGE_SHAPE, NUM_CLASSES, VERSION_PATTERN, ModelVersion, RepositoryError
 
@@ -49,6 +50,7 @@ class TrainConfig:
     seed: int = 42
     subset: int | None = None  # train on the first N training images only
     quiet: bool = False
+    onnx: bool = True  # also write model.onnx, for the server's lean ONNX Runtime backend
 
     def __post_init__(self) -> None:
         for label, value in (("epochs", self.epochs), ("batch size", self.batch_size)):
@@ -198,8 +200,8 @@ def train(
         },
         "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
-    say(f"exporting {root / config.name / version}")
-    exported = export_model(model, root, config.name, version, metadata)
+    say(f"exporting {root / config.name / version}" + (" (SavedModel and model.onnx)" if config.onnx else ""))
+    exported = export_model(model, root, config.name, version, metadata, onnx=config.onnx)
     return TrainResult(exported, test_accuracy, test_loss, metadata)
 
 
@@ -306,6 +308,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         "--subset", type=_positive_int, default=None, help="train on the first N training images only"
     )
     parser.add_argument("--quiet", action="store_true", help="print only the result")
+    parser.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        help="write only the SavedModel, not model.onnx (the server then runs on TensorFlow)",
+    )
     args = parser.parse_args(argv)
     try:
         return TrainConfig(
@@ -319,6 +327,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
             seed=args.seed,
             subset=args.subset,
             quiet=args.quiet,
+            onnx=args.onnx,
         )
     except TrainingError as exc:
         parser.error(str(exc))
@@ -340,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Terminated as exc:
         print("mnist-train: terminated; no model version was written", file=sys.stderr)
         return 128 + exc.signum
-    except (DataError, RepositoryError, TrainingError) as exc:
+    except (BackendError, DataError, RepositoryError, TrainingError) as exc:
         print(f"mnist-train: error: {exc}", file=sys.stderr)
         return 1
     print(f"exported {result.model_version.path}")

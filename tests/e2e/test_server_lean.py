@@ -1,6 +1,6 @@
 """The lean server: ``mnist-server`` on the onnx backend, over real HTTP, without TensorFlow.
 
-A tiny Keras model is exported and converted to ONNX; the real server process (gunicorn, one
+A tiny Keras model is exported and converted to ONNX; the real server process (Granian, one
 worker) serves it with MNIST_SERVER_BACKEND=onnx. Concurrent requests with distinct images must
 each get their own answer through the micro-batcher, the v2 binary extension must work over a
 real socket, and the worker must never have loaded TensorFlow's libraries.
@@ -161,7 +161,7 @@ def test_the_worker_never_loads_tensorflow(lean: Lean) -> None:
     workers = [
         int(p) for p in Path(f"/proc/{lean.process.pid}/task/{lean.process.pid}/children").read_text().split()
     ]
-    assert workers, "gunicorn has no worker process"
+    assert workers, "Granian has no worker process"
     for pid in [lean.process.pid, *workers]:
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "onnxruntime" in maps or pid == lean.process.pid

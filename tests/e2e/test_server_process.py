@@ -1,4 +1,4 @@
-"""The real ``mnist-server`` process (gunicorn, 2 workers x 4 threads) over real HTTP.
+"""The real ``mnist-server`` process (Granian, 2 workers x 4 threads) over real HTTP.
 
 A small model is trained through the trainer's Python API on a subset of real MNIST, the console
 script is started on a free 127.0.0.1 port, and every protocol is exercised with real test
@@ -93,6 +93,8 @@ def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "MNIST_SERVER_THREADS": "4",
         "MNIST_SERVER_MAX_BODY_BYTES": str(MAX_BODY),
         "MNIST_SERVER_GRACEFUL_TIMEOUT": "10",
+        # The trainer wrote model.onnx too; the lean backend has its own e2e test (test_server_lean).
+        "MNIST_SERVER_BACKEND": "tensorflow",
     }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen([str(SERVER_SCRIPT)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -341,11 +343,12 @@ def test_sigterm_while_the_workers_are_still_loading(trained: Trained, tmp_path:
         "MNIST_SERVER_HOST": "127.0.0.1",
         "MNIST_SERVER_PORT": str(free_port()),
         "MNIST_SERVER_WORKERS": str(WORKERS),
+        "MNIST_SERVER_BACKEND": "tensorflow",  # seconds to load: time to stop it mid-load
     }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen([str(SERVER_SCRIPT)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
-    while log_path.read_text().count("Booting worker") < WORKERS:
+    while log_path.read_text().count("is loading model") < WORKERS:
         assert time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.1)
     code, seconds = stop(process, log_path)

@@ -215,7 +215,7 @@ def test_operator_image_carries_no_tensorflow() -> None:
     assert "model_server" not in text
     closure = _closure("mnist-operator", frozenset({"operator"}))
     assert {"kopf", "kubernetes", "prometheus-client"} <= closure
-    assert not closure & {"tensorflow", "tensorflow-cpu", "keras", "numpy", "flask", "gunicorn"}, closure
+    assert not closure & {"tensorflow", "tensorflow-cpu", "keras", "numpy", "flask", "granian"}, closure
     # ...while the server extra does pull TensorFlow in (the closure check itself works).
     assert "tensorflow-cpu" in _closure("mnist-operator", frozenset({"server"}))
 

@@ -287,7 +287,7 @@ def _multipart(payload: bytes) -> tuple[bytes, str]:
 def test_an_oversize_chunked_body_is_413_too(
     server_client: FlaskClient, data: bytes, content_type: str
 ) -> None:
-    # No Content-Length: the limit must hold while streaming (gunicorn sets wsgi.input_terminated).
+    # No Content-Length: the limit must hold while streaming (the server sets wsgi.input_terminated).
     response = server_client.post(
         "/predict",
         input_stream=io.BytesIO(data),

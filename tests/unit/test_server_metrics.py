@@ -24,7 +24,7 @@ def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def test_two_workers_metrics_are_aggregated_and_a_dead_workers_info_disappears(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server_settings: Settings
 ) -> None:
-    # What gunicorn does with WORKERS > 1: each process writes its own files in the directory.
+    # What the workers do with WORKERS > 1: each process writes its own files in the directory.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     pid = {"current": 1001}
     monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid["current"]))
@@ -56,7 +56,7 @@ def test_two_workers_metrics_are_aggregated_and_a_dead_workers_info_disappears(
     assert value("mnist_server_model_info", model_name="mnist", model_version="3") == 1
     assert value("mnist_server_model_info", model_name="mnist", model_version="4") == 1
 
-    multiprocess.mark_process_dead(1001, str(tmp_path))  # gunicorn's child_exit hook does this
+    multiprocess.mark_process_dead(1001, str(tmp_path))  # as the next worker to start does
 
     after = scrape(client.get("/metrics").get_data(as_text=True))
     # Absent in real workers; here the first app's objects live on in "worker" 1002 at 0.

@@ -1,7 +1,8 @@
-"""Settings from MNIST_SERVER_* variables, the mnist-server CLI's validation, and gunicorn config."""
+"""Settings from MNIST_SERVER_* variables, the mnist-server CLI's validation, and the Granian server."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from mnist_server import cli
 from mnist_server.repository import ModelVersion
-from mnist_server.serving import ServerApplication, WorkerGroup
+from mnist_server.serving import WorkerGroup, build_server, forget_dead_workers
 from mnist_server.settings import VARIABLES, Settings, SettingsError, unknown_variables
 
 
@@ -139,21 +140,24 @@ def test_cli_help_documents_every_variable(capsys: pytest.CaptureFixture[str]) -
         assert var.flag in out
 
 
-def test_gunicorn_runs_gthread_workers_with_the_settings() -> None:
-    settings = Settings(host="127.0.0.1", port=8123, workers=3, threads=5, timeout=40, graceful_timeout=7)
+def test_granian_serves_the_wsgi_app_with_the_settings() -> None:
+    from granian.constants import HTTPModes, Interfaces
+
+    settings = Settings(host="127.0.0.1", port=8123, workers=3, threads=5, graceful_timeout=7)
     version = ModelVersion(name="mnist", version="1", path=Path("/nonexistent"))
-    cfg = ServerApplication(settings, version, None).cfg
-    assert cfg.bind == ["127.0.0.1:8123"]
-    assert cfg.worker_class_str == "gthread"
-    assert (cfg.workers, cfg.threads) == (3, 5)
-    assert (cfg.timeout, cfg.graceful_timeout) == (40, 7)
-    assert cfg.preload_app is False  # TensorFlow is loaded after the fork, in each worker
-    assert cfg.control_socket_disable is True
+    server = build_server(settings, version, None)
+    assert (server.bind_addr, server.bind_port) == ("127.0.0.1", 8123)
+    assert server.interface == Interfaces.WSGI
+    assert server.http == HTTPModes.http1
+    assert (server.workers, server.blocking_threads) == (3, 5)
+    assert server.workers_kill_timeout == 7
+    assert server.respawn_failed_workers is True  # a worker that dies is replaced
+    assert server.log_access is False
 
 
-def test_ipv6_hosts_are_bracketed() -> None:
+def test_ipv6_hosts_are_accepted() -> None:
     version = ModelVersion(name="mnist", version="1", path=Path("/nonexistent"))
-    assert ServerApplication(Settings(host="::"), version, None).cfg.bind == ["[::]:8080"]
+    assert build_server(Settings(host="::"), version, None).bind_addr == "::"
 
 
 def test_the_metrics_mode_is_chosen_before_prometheus_client_is_imported(tmp_path: Path) -> None:
@@ -177,14 +181,40 @@ def test_the_metrics_mode_is_chosen_before_prometheus_client_is_imported(tmp_pat
     assert result.stdout.split() == ["True", "True", "MmapedValue"]
 
 
-def test_the_worker_group_is_ready_only_when_every_worker_is(tmp_path: Path) -> None:
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(timeout=60)
+    return process.pid
+
+
+def test_the_worker_group_is_ready_only_when_every_living_worker_is(tmp_path: Path) -> None:
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        group = WorkerGroup(tmp_path, 2)
+        assert group.not_ready() == "0 of 2 workers have loaded the model"
+        group.mark_ready(os.getpid())
+        group.mark_ready(os.getpid())
+        assert group.not_ready() == "1 of 2 workers have loaded the model"
+        WorkerGroup(tmp_path, 2).mark_ready(sibling.pid)  # another worker process
+        assert group.not_ready() is None
+    finally:
+        sibling.kill()
+        sibling.wait(timeout=60)
+    # A worker that died no longer counts, even before anyone tidies up after it.
+    assert group.not_ready() == "1 of 2 workers have loaded the model"
+    group.forget(sibling.pid)
+    group.forget(999_999_999)  # unknown: nothing to do
+
+
+def test_a_new_worker_tidies_up_after_dead_ones(tmp_path: Path) -> None:
+    gone = dead_pid()
     group = WorkerGroup(tmp_path, 2)
-    assert group.not_ready() == "0 of 2 workers have loaded the model"
-    group.mark_ready(101)
-    group.mark_ready(101)
-    assert group.not_ready() == "1 of 2 workers have loaded the model"
-    WorkerGroup(tmp_path, 2).mark_ready(102)  # another worker process
-    assert group.not_ready() is None
-    group.forget(101)  # the master, when worker 101 exits
-    assert group.not_ready() == "1 of 2 workers have loaded the model"
-    group.forget(999)
+    group.mark_ready(gone)
+    group.mark_ready(os.getpid())
+    for pid in (gone, os.getpid()):  # the file names prometheus_client gives each worker's values
+        (tmp_path / f"gauge_livemax_{pid}.db").write_bytes(b"")
+        (tmp_path / f"counter_{pid}.db").write_bytes(b"")
+    assert forget_dead_workers(tmp_path, group) == [gone]
+    assert sorted(p.name for p in tmp_path.glob("gauge_live*.db")) == [f"gauge_livemax_{os.getpid()}.db"]
+    assert (tmp_path / f"counter_{gone}.db").exists()  # totals never go backwards
+    assert group.ready_pids() == [os.getpid()]

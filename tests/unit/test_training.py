@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mnist_server import export as export_module
+from mnist_server.backends import open_runner
 from mnist_server.data import MnistData, load_mnist
 from mnist_server.repository import list_versions, resolve
 from mnist_server.training import TrainConfig, TrainingError, main, next_version, parse_args, train
@@ -41,12 +42,13 @@ def test_parse_args_maps_every_flag() -> None:
         [
             "--data", "/d/mnist.npz", "--output", "/r", "--name", "digits", "--version", "7", "--epochs", "2",
             "--batch-size", "64", "--learning-rate", "0.01", "--seed", "3", "--subset", "500", "--quiet",
+            "--no-onnx",
         ]
     )  # fmt: skip
 
     assert config == TrainConfig(
         data=Path("/d/mnist.npz"), output=Path("/r"), name="digits", version="7", epochs=2, batch_size=64,
-        learning_rate=0.01, seed=3, subset=500, quiet=True,
+        learning_rate=0.01, seed=3, subset=500, quiet=True, onnx=False,
     )  # fmt: skip
     assert parse_args([]) == TrainConfig()
 
@@ -168,6 +170,12 @@ def test_a_short_run_exports_a_loadable_version_with_full_metadata(
     accuracy = float((probabilities.argmax(axis=1) == small_mnist.test.labels).mean())
     assert accuracy == pytest.approx(result.test_accuracy, abs=1e-3)
 
+    # model.onnx is published with it, and the lean backend agrees with TensorFlow.
+    assert (result.model_version.path / "model.onnx").is_file()
+    onnx = open_runner("onnx", result.model_version.path)(small_mnist.test.images)
+    np.testing.assert_allclose(onnx, probabilities, atol=1e-4)
+    assert any("(SavedModel and model.onnx)" in line for line in lines)
+
 
 @pytest.mark.slow
 def test_the_cli_trains_from_an_npz_into_the_next_version(
@@ -198,7 +206,7 @@ def test_the_same_seed_trains_the_same_model(small_mnist: MnistData, tmp_path: P
     )
 
     def run(version: str, seed: int) -> dict[str, Any]:
-        config = TrainConfig(output=tmp_path, version=version, epochs=1, batch_size=32, seed=seed)
+        config = TrainConfig(output=tmp_path, version=version, epochs=1, batch_size=32, seed=seed, onnx=False)
         return train(config, data=tiny).metadata
 
     first, second, other = run("a", 3), run("b", 3), run("c", 4)
@@ -212,6 +220,7 @@ def _interrupt_export_with(monkeypatch: pytest.MonkeyPatch, interrupt: Any) -> N
     # The rename that publishes a version comes right after the fsync: interrupt just before it.
     def fsync_then_interrupt(path: Path) -> None:
         assert path.is_dir() and (path / "saved_model.pb").is_file()
+        assert (path / "model.onnx").is_file()  # published in the same rename
         interrupt()
 
     monkeypatch.setattr(export_module, "_fsync_tree", fsync_then_interrupt)
@@ -252,3 +261,21 @@ def test_an_interrupted_export_leaves_no_version(
     assert f"mnist-train: {word}; no model version was written" in capsys.readouterr().err
     assert list((tmp_path / "mnist").iterdir()) == []  # neither a version nor a staging directory
     assert signal.getsignal(signal.SIGTERM) == previous_handler
+
+
+@pytest.mark.slow
+def test_an_onnx_model_that_disagrees_is_not_published(
+    small_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mnist_server.backends import onnx_export
+
+    strict = onnx_export.check_agreement
+    monkeypatch.setattr(onnx_export, "check_agreement", lambda path: strict(path, tolerance=-1.0))
+
+    code = main(
+        ["--data", str(small_npz), "--output", str(tmp_path), "--epochs", "1", "--subset", "64", "--quiet"]
+    )
+
+    assert code == 1
+    assert "the ONNX model disagrees with the SavedModel" in capsys.readouterr().err
+    assert list((tmp_path / "mnist").iterdir()) == []

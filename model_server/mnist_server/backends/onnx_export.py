@@ -45,6 +45,25 @@ def export_onnx(version_dir: Path, opset: int = OPSET) -> Path:
     return target
 
 
+def check_agreement(version_dir: Path, images: int = 64, tolerance: float = 1e-4) -> float:
+    """The largest difference between the ONNX and TensorFlow backends' probabilities on random
+    images; raises BackendError above ``tolerance``, so a faulty conversion is never published."""
+    import numpy as np
+
+    from mnist_server.backends import open_runner
+
+    batch = np.random.default_rng(0).random((images, *IMAGE_SHAPE), dtype=np.float32)
+    expected = open_runner("tensorflow", version_dir)(batch)
+    got = open_runner("onnx", version_dir)(batch)
+    difference = float(np.max(np.abs(expected - got)))
+    if difference > tolerance:
+        raise BackendError(
+            f"{version_dir}: the ONNX model disagrees with the SavedModel by up to {difference:.2g} "
+            f"(tolerance {tolerance:g}); not publishing it"
+        )
+    return difference
+
+
 def convert(version_dir: Path, opset: int = OPSET) -> Any:
     """The SavedModel's serving signature as an ONNX ``ModelProto``."""
     try:
