@@ -222,14 +222,10 @@ def render(data: dict[str, Any]) -> str:
         "SavedModel cannot be pickled (`Can't pickle local object "
         "'Loader._recreate_base_user_object.<locals>._UserObject'`), so one process is what KServe's "
         "Python server can do with this model.",
-        "- With two workers, gunicorn's workers share one listening socket and accept connections "
-        "as they come. wrk opens all its keep-alive connections in one burst, and in some rows one "
-        "worker took nearly all of them (server CPU near 1.0 instead of 2.0, throughput of one "
-        "worker). Clients that reconnect, or a Kubernetes Service spreading connections over pods, "
-        "do not show this; scale with replicas before workers.",
-        "- Single images are bound by the Python side of a request (gunicorn's HTTP parsing, "
-        "Flask, JSON and NumPy conversion: ~1.2-1.5 ms of CPU), not by the model (~0.15 ms): "
-        "batching them saves little CPU there, while batches of 64 reach most of the compute limit.",
+        "- Our server runs Flask under Granian (HTTP in Rust, the app on Python threads). One worker "
+        "process is bound by the Python side of a request (Flask, JSON and NumPy conversion hold the "
+        "GIL), so it uses about one core and a quarter; a second worker on the second core nearly "
+        "doubles single-image throughput. Batches of 64 are bound by the model instead.",
     ]
     lines += ["", "## The servers", ""]
     for run in data["runs"]:
