@@ -532,7 +532,7 @@ SWEEP_VARIANTS = (
     "2-workers: MNIST_SERVER_WORKERS=2",
     "1-thread: MNIST_SERVER_INFERENCE_THREADS=1",
     "2-threads: MNIST_SERVER_THREADS=2",
-    "4-threads: MNIST_SERVER_THREADS=4",
+    "8-threads: MNIST_SERVER_THREADS=8",
     "32-threads: MNIST_SERVER_THREADS=32",
 )
 # Our server with one worker per core, beside the defaults, in the main tables.

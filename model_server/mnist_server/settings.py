@@ -32,7 +32,9 @@ class Settings:
     host: str = "0.0.0.0"  # a container must listen on its pod IP, not only on loopback
     port: int = 8080
     workers: int = 1
-    threads: int = 8
+    # Python threads per worker. More threads mostly fight over the GIL: 4 beat 2, 8 and 32 on
+    # two cores (the --sweep table in docs/benchmarks.md).
+    threads: int = 4
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch: int = 128
     log_level: str = "info"

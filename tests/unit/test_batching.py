@@ -159,16 +159,67 @@ def test_a_failing_batch_fails_only_its_own_callers(model: FakeModel) -> None:
 def test_a_slow_batch_times_out_its_callers_and_the_batcher_recovers(model: FakeModel) -> None:
     batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            slow = pool.submit(batcher.predict, images_with_ids([int(FakeModel.GATE)]), 1.0)
-            assert model.entered_gate.wait(WAIT)
-            # A caller that gives up while queued behind the slow batch is dropped, not computed.
-            with pytest.raises(BatchTimeoutError, match="no answer for 1 image"):
-                batcher.predict(images_with_ids([99]), timeout_s=0.05)
-            with pytest.raises(BatchTimeoutError):
-                slow.result(WAIT)
+        (slow,) = hold_batcher(batcher, model)  # a slow batch in the batching thread
+        # Its caller gives up; a caller queued behind it gives up and is dropped, not computed.
+        with pytest.raises(TimeoutError):
+            slow.result(0.05)  # type: ignore[attr-defined]
+        with pytest.raises(BatchTimeoutError, match="no answer for 1 image"):
+            batcher.predict(images_with_ids([99]), timeout_s=0.05)
         model.gate.set()
         np.testing.assert_array_equal(batcher.predict(images_with_ids([3, 4]), WAIT)[:, 0], [3, 4])
+        assert [99] not in model.batches
+    finally:
+        batcher.close()
+
+
+def test_a_lone_request_runs_in_its_own_thread(model: FakeModel) -> None:
+    threads: list[str] = []
+
+    def recording(images: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return model(images)
+
+    batcher = MicroBatcher(recording, BatchingConfig(max_batch_size=8))
+    try:
+        np.testing.assert_array_equal(batcher.predict(images_with_ids([5, 6]), WAIT)[:, 0], [5, 6])
+        assert threads == [threading.current_thread().name]  # no hand-off to the batching thread
+        # Larger than a batch: split, and queued for the batching thread as before.
+        batcher.predict(images_with_ids(list(range(10))), WAIT)
+        assert threads[1:] == ["micro-batcher", "micro-batcher"]
+    finally:
+        batcher.close()
+
+
+def test_requests_arriving_during_a_callers_model_call_share_the_next_batch(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            first = pool.submit(batcher.predict, images_with_ids([int(FakeModel.GATE)]), WAIT)
+            assert model.entered_gate.wait(WAIT)  # running in its caller's thread
+            others = [pool.submit(batcher.predict, images_with_ids([i]), WAIT) for i in range(1, 6)]
+            wait_until_queued(batcher, 5)
+            model.gate.set()
+            assert first.result(WAIT)[0, 0] == FakeModel.GATE
+            assert [f.result(WAIT)[0, 0] for f in others] == [1, 2, 3, 4, 5]
+        assert model.sizes() == [1, 5]  # one model call at a time; the five waited and went together
+    finally:
+        batcher.close()
+
+
+def test_a_slow_call_in_its_callers_thread_holds_back_only_the_callers_queued_behind(
+    model: FakeModel,
+) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            slow = pool.submit(batcher.predict, images_with_ids([int(FakeModel.GATE)]), 0.05)
+            assert model.entered_gate.wait(WAIT)
+            with pytest.raises(BatchTimeoutError):
+                batcher.predict(images_with_ids([99]), timeout_s=0.05)
+            model.gate.set()
+            # The caller that ran the model gets its answer (a running call cannot be abandoned).
+            assert slow.result(WAIT)[0, 0] == FakeModel.GATE
+        assert batcher.predict(images_with_ids([7]), WAIT)[0, 0] == 7
         assert [99] not in model.batches
     finally:
         batcher.close()

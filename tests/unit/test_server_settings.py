@@ -24,7 +24,7 @@ def test_defaults_suit_a_container() -> None:
     assert settings.host == "0.0.0.0"
     assert settings.port == 8080
     assert settings.workers == 1
-    assert settings.threads == 8
+    assert settings.threads == 4
     assert settings.max_body_bytes == 4 * 1024 * 1024
 
 
