@@ -8,6 +8,7 @@ both backends then classify the whole 10,000-image test split.
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,10 @@ def test_onnx_export_is_idempotent_and_leaves_no_temporary_files(backends_versio
     assert export_onnx(backends_version_dir) == target
     assert target.stat().st_mtime_ns == before
     assert not [p.name for p in backends_version_dir.iterdir() if p.name.startswith(".")]
+    # Readable like the SavedModel beside it: the server may run as another user than the trainer.
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(
+        (backends_version_dir / "saved_model.pb").stat().st_mode
+    )
 
 
 def test_the_onnx_backend_serves_without_importing_tensorflow(backends_version_dir: Path) -> None:

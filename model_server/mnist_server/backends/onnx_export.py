@@ -34,6 +34,11 @@ def export_onnx(version_dir: Path, opset: int = OPSET) -> Path:
     proto = convert(version_dir, opset)
     fd, staging = tempfile.mkstemp(prefix=f".{ONNX_FILE}.", dir=version_dir)
     try:
+        # mkstemp makes the file private (0600); the server often runs as another user (the image
+        # is built as root and runs as 65532), so give it the mode any new file would get.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as handle:
             handle.write(proto.SerializeToString())
             handle.flush()
