@@ -19,9 +19,11 @@ up after workers that are gone (their live gauges, their readiness markers).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from functools import partial
@@ -84,6 +86,11 @@ def serve(settings: Settings, model_version: ModelVersion) -> None:
 
 def build_worker_app(settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None) -> Flask:
     """In a worker process, after the fork: the app, with the model loading in the background."""
+    # Until Granian installs its own handlers (after this returns), SIGTERM would reach the handler
+    # inherited from the master, which does nothing in a worker: the worker would ignore it and be
+    # killed only after GRACEFUL_TIMEOUT. Nothing has been served yet, so leaving at once is right.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_before_serving)
     from prometheus_client import CollectorRegistry, disable_created_metrics
 
     from mnist_server.app import create_app
@@ -167,7 +174,9 @@ def forget_dead_workers(multiprocess_dir: Path, group: WorkerGroup) -> list[int]
         pids |= {int(p.name) for p in group.directory.iterdir() if p.name.isdigit()}
     dead = sorted(pid for pid in pids if pid is not None and not _alive(pid))
     for pid in dead:
-        multiprocess.mark_process_dead(pid, str(multiprocess_dir))  # type: ignore[no-untyped-call]
+        # Another worker starting at the same moment may have removed them first.
+        with contextlib.suppress(FileNotFoundError):
+            multiprocess.mark_process_dead(pid, str(multiprocess_dir))  # type: ignore[no-untyped-call]
         group.forget(pid)
     return dead
 
@@ -204,6 +213,11 @@ def prepare_metrics_mode(workers: int) -> Path | None:
 def _remove_metrics_dir(directory: Path | None) -> None:
     if directory is not None and directory.name.startswith(METRICS_DIR_PREFIX):
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _exit_before_serving(signum: int, frame: object) -> None:
+    logging.shutdown()
+    os._exit(0)
 
 
 def _granian_logging() -> dict[str, Any]:

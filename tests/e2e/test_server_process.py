@@ -318,6 +318,46 @@ def test_metrics_count_requests_across_both_workers(server: Server, trained: Tra
     ]
 
 
+def worker_pids(server: Server) -> list[int]:
+    pid = server.process.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_killed_worker_is_replaced_and_the_server_recovers(server: Server, trained: Trained) -> None:
+    before = predict_count(scrape(server))
+    old = worker_pids(server)
+    assert len(old) == WORKERS, old
+    os.kill(old[0], signal.SIGKILL)
+    # Not ready until the replacement has loaded the model; then ready, and serving, again.
+    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    while True:
+        assert server.process.poll() is None, server.log()
+        pids = worker_pids(server)
+        try:
+            ready = requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
+        except requests.RequestException:
+            ready = False
+        if ready and len(pids) == WORKERS and old[0] not in pids:
+            break
+        assert time.monotonic() < deadline, f"no recovery from a killed worker:\n{server.log()}"
+        time.sleep(0.2)
+    image = {"inputs": trained.test.images[0].tolist()}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda _: post(server, "/predict", image).status_code, range(20)))
+    assert statuses == [200] * 20
+    samples = scrape(server)
+    # The dead worker's counts are kept (counters never go backwards); its live gauge is gone.
+    assert predict_count(samples) == before + 20
+    # The metrics directory, from the files a living worker has mapped.
+    maps = Path(f"/proc/{worker_pids(server)[0]}/maps").read_text().split()
+    metrics_dir = next(Path(m).parent for m in maps if "/mnist-server-metrics-" in m and m.endswith(".db"))
+    assert list(metrics_dir.glob(f"counter_{old[0]}.db"))
+    assert not list(metrics_dir.glob(f"gauge_live*_{old[0]}.db"))
+    assert [key for key in samples if key[0] == "mnist_server_model_info"] == [
+        ("mnist_server_model_info", frozenset({("model_name", "mnist"), ("model_version", trained.version)}))
+    ]
+
+
 def stop(process: subprocess.Popen[bytes], log: Path) -> tuple[int, float]:
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
