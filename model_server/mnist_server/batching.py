@@ -184,18 +184,24 @@ class MicroBatcher:
 
     def _run_inline(self, images: FloatArray) -> FloatArray:
         """The model on ``images`` in the caller's thread; the caller holds the model (``_busy``)."""
+        try:
+            return self._call_model(images)
+        finally:
+            self._release_model()
+
+    def _call_model(self, images: FloatArray) -> FloatArray:
+        """One model call, checked and observed, whichever thread makes it."""
         started = time.perf_counter()
         try:
             output = self._predict(images)
-            if output.shape[0] != images.shape[0]:
-                raise BatchOutputError(
-                    f"the model returned {output.shape[0]} rows for a batch of {images.shape[0]} images"
-                )
-            return output
         finally:
             if self._on_batch is not None:
                 self._on_batch(int(images.shape[0]), time.perf_counter() - started)
-            self._release_model()
+        if output.shape[0] != images.shape[0]:
+            raise BatchOutputError(
+                f"the model returned {output.shape[0]} rows for a batch of {images.shape[0]} images"
+            )
+        return output
 
     def _release_model(self) -> None:
         with self._cond:
@@ -307,20 +313,12 @@ class MicroBatcher:
 
     def _execute(self, batch: list[Pending]) -> None:
         images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
-        started = time.perf_counter()
         try:
-            output = self._predict(images)
-            if output.shape[0] != images.shape[0]:
-                raise BatchOutputError(
-                    f"the model returned {output.shape[0]} rows for a batch of {images.shape[0]} images"
-                )
+            output = self._call_model(images)
         except Exception as exc:
             for chunk in batch:
                 chunk._finish(error=exc)
             return
-        finally:
-            if self._on_batch is not None:
-                self._on_batch(int(images.shape[0]), time.perf_counter() - started)
         offset = 0
         for chunk in batch:
             chunk._finish(output[offset : offset + chunk.size])
