@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,7 @@ def build_worker_app(settings: Settings, model_version: ModelVersion, multiproce
     )
     if multiprocess_dir is None:
         app = create_app(settings, model, CollectorRegistry())
-        load_in_background(model)
+        load_in_background(model, before_load=_wait_until_serving)
         return app
     group = WorkerGroup(multiprocess_dir, settings.workers)
     forget_dead_workers(multiprocess_dir, group)
@@ -127,7 +128,7 @@ def build_worker_app(settings: Settings, model_version: ModelVersion, multiproce
         readiness_gate=group.not_ready,
     )
     pid = os.getpid()
-    load_in_background(model, on_ready=lambda: group.mark_ready(pid))
+    load_in_background(model, on_ready=lambda: group.mark_ready(pid), before_load=_wait_until_serving)
     return app
 
 
@@ -218,6 +219,19 @@ def _remove_metrics_dir(directory: Path | None) -> None:
 def _exit_before_serving(signum: int, frame: object) -> None:
     logging.shutdown()
     os._exit(0)
+
+
+def _wait_until_serving(timeout_s: float = 5.0) -> None:
+    """Hold the model load back until Granian has taken over the signals and started serving.
+
+    Importing TensorFlow holds the GIL for long stretches. Started at once, it starved the
+    worker's main thread between Granian installing its SIGTERM handler and starting to serve; a
+    SIGTERM in that gap was lost (the worker ignored it and was killed after GRACEFUL_TIMEOUT).
+    """
+    deadline = time.monotonic() + timeout_s
+    while signal.getsignal(signal.SIGTERM) is _exit_before_serving and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # from the handler to serving takes microseconds with the GIL free
 
 
 def _granian_logging() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +79,19 @@ def test_a_corrupt_version_fails_to_load_with_the_cause(server_tiny_model_root: 
     assert not model.ready
     with pytest.raises(ModelLoadError):
         model.load()
+
+
+def test_the_background_load_runs_before_load_first_in_its_thread(server_tiny_model_root: Path) -> None:
+    model = SavedModel(resolve(server_tiny_model_root, "mnist"))
+    seen: list[tuple[str, LoadState]] = []
+
+    def before_load() -> None:
+        seen.append((threading.current_thread().name, model.state))
+
+    load_in_background(model, before_load=before_load).join(timeout=60)
+
+    assert seen == [("model-loader", LoadState.PENDING)]  # in the loader thread, before the load
+    assert model.ready
 
 
 def test_the_app_over_the_real_model_becomes_ready_and_serves_every_protocol(

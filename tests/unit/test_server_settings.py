@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,24 @@ def test_a_new_worker_tidies_up_after_dead_ones(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("gauge_live*.db")) == [f"gauge_livemax_{os.getpid()}.db"]
     assert (tmp_path / f"counter_{gone}.db").exists()  # totals never go backwards
     assert group.ready_pids() == [os.getpid()]
+
+
+def test_the_model_load_waits_until_granian_has_the_signals() -> None:
+    import signal
+
+    from mnist_server import serving
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        # Still the worker's early handler: Granian has not started serving, so the load waits.
+        signal.signal(signal.SIGTERM, serving._exit_before_serving)
+        started = time.monotonic()
+        serving._wait_until_serving(timeout_s=0.3)
+        assert time.monotonic() - started >= 0.3
+        # Granian's handler is in place: the load starts (almost) at once.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        started = time.monotonic()
+        serving._wait_until_serving(timeout_s=5.0)
+        assert time.monotonic() - started < 1.0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
