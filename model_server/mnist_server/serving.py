@@ -45,9 +45,7 @@ METRICS_DIR_PREFIX = "mnist-server-metrics-"
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
-def build_server(
-    settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None
-) -> AbstractServer[Any]:
+def build_server(settings: Settings, multiprocess_dir: Path | None) -> AbstractServer[Any]:
     """The Granian server for these settings (not started). Each worker process builds its app
     with :func:`build_worker_app` once it has been forked."""
     from granian import Granian
@@ -56,7 +54,7 @@ def build_server(
     from granian.log import LogLevels
 
     server = Granian(
-        "mnist-server",  # only a label: the loader below builds the app
+        "mnist-server",  # only a label: serve() hands Granian the loader that builds the app
         address=settings.host,
         port=settings.port,
         interface=Interfaces.WSGI,
@@ -79,7 +77,7 @@ def build_server(
 def serve(settings: Settings, model_version: ModelVersion) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     multiprocess_dir = prepare_metrics_mode(settings.workers)
-    server = build_server(settings, model_version, multiprocess_dir)
+    server = build_server(settings, multiprocess_dir)
     # A plain function and frozen dataclasses: picklable, should workers ever be spawned, not forked.
     loader = partial(build_worker_app, settings, model_version, multiprocess_dir)
     server.serve(target_loader=loader, wrap_loader=False)

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from mnist_server import cli
-from mnist_server.repository import ModelVersion
 from mnist_server.serving import WorkerGroup, build_server, forget_dead_workers
 from mnist_server.settings import VARIABLES, Settings, SettingsError, unknown_variables
 
@@ -145,8 +144,7 @@ def test_granian_serves_the_wsgi_app_with_the_settings() -> None:
     from granian.constants import HTTPModes, Interfaces
 
     settings = Settings(host="127.0.0.1", port=8123, workers=3, threads=5, graceful_timeout=7)
-    version = ModelVersion(name="mnist", version="1", path=Path("/nonexistent"))
-    server = build_server(settings, version, None)
+    server = build_server(settings, None)
     assert (server.bind_addr, server.bind_port) == ("127.0.0.1", 8123)
     assert server.interface == Interfaces.WSGI
     assert server.http == HTTPModes.http1
@@ -157,8 +155,7 @@ def test_granian_serves_the_wsgi_app_with_the_settings() -> None:
 
 
 def test_ipv6_hosts_are_accepted() -> None:
-    version = ModelVersion(name="mnist", version="1", path=Path("/nonexistent"))
-    assert build_server(Settings(host="::"), version, None).bind_addr == "::"
+    assert build_server(Settings(host="::"), None).bind_addr == "::"
 
 
 def test_the_metrics_mode_is_chosen_before_prometheus_client_is_imported(tmp_path: Path) -> None:
