@@ -59,7 +59,12 @@ class Operator:
         self.client = client or KubeClient(on_write=metrics.observe_write)
         self.discovery = Discovery(self.client, settings.discovery_ttl_seconds)
         self.reconciler = Reconciler(settings, self.client, self.discovery, self.cache, metrics)
-        self.queue = WorkQueue(self.reconciler, workers=settings.workers)
+        self.queue = WorkQueue(
+            self.reconciler,
+            workers=settings.workers,
+            stall_after=settings.queue_stall_seconds,
+            metrics=metrics,
+        )
         self._resync: asyncio.Task[None] | None = None
         self._rechecks: set[asyncio.TimerHandle] = set()
 
@@ -133,6 +138,15 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     @kopf.on.probe(id="queued", registry=registry)
     def queued(**_: Any) -> int:
         return len(op.queue)
+
+    @kopf.on.probe(id="progress", registry=registry)
+    async def progress(**_: Any) -> dict[str, float]:
+        stall = op.queue.stall()
+        if stall is not None:
+            # A probe handler that fails permanently makes kopf's /healthz answer 500 at once (an
+            # ordinary exception would be retried first), so the kubelet restarts the operator.
+            raise kopf.PermanentError(stall)
+        return {"oldest_waiting_seconds": round(op.queue.oldest_age(), 1)}
 
     @kopf.index(api.GROUP, api.VERSION, api.PLURAL, id=index_id(api.MNISTMODEL), registry=registry)
     def index_models(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:

@@ -17,6 +17,8 @@ from mnist_operator.settings import PREFIX, OperatorSettings, SettingsError
 
 ENV_HELP = f"""environment:
   {PREFIX}IMAGE                  default model-server image (when a MnistModel sets no spec.image)
+  {PREFIX}DRAIN_SECONDS          a model pod keeps serving this long after it is told to stop, while
+                                 Services stop routing to it (a preStop pause; default 5, 0: none)
   {PREFIX}NAMESPACES             comma-separated namespaces to watch (empty: the whole cluster)
   {PREFIX}LOG_FORMAT             plain | json
   {PREFIX}LOG_LEVEL              debug | info | warning | error
@@ -26,6 +28,8 @@ ENV_HELP = f"""environment:
   {PREFIX}WORKERS                concurrent reconciles (default 16)
   {PREFIX}RESYNC_SECONDS         reconcile every model this often even without events (default 600)
   {PREFIX}DISCOVERY_TTL_SECONDS  re-check the Route/ServiceMonitor APIs this often (default 30)
+  {PREFIX}QUEUE_STALL_SECONDS    /healthz fails when models have waited this long and no reconcile
+                                 has finished meanwhile (default 300)
 """
 
 

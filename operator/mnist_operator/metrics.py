@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Bounded label values.
 RESULTS = ("success", "retry", "error")
@@ -25,6 +26,10 @@ class Metrics:
     errors: Counter
     duration: Histogram
     writes: Counter
+    queue_depth: Gauge
+    queue_oldest_age: Gauge
+    queue_retries: Counter
+    worker_restarts: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -54,7 +59,33 @@ class Metrics:
                 ["verb", "kind"],
                 registry=registry,
             ),
+            queue_depth=Gauge(
+                "mnist_operator_workqueue_depth",
+                "MnistModels waiting for a reconcile (retries are counted once they are due).",
+                registry=registry,
+            ),
+            queue_oldest_age=Gauge(
+                "mnist_operator_workqueue_oldest_item_age_seconds",
+                "How long the MnistModel that has waited longest for a reconcile has waited "
+                "(0 when none waits; growing without bound: the queue is stuck).",
+                registry=registry,
+            ),
+            queue_retries=Counter(
+                "mnist_operator_workqueue_retries_total",
+                "Reconciles scheduled again after a failure, with backoff.",
+                registry=registry,
+            ),
+            worker_restarts=Counter(
+                "mnist_operator_workqueue_worker_restarts_total",
+                "Reconcile workers that ended unexpectedly and were replaced (0 unless there is a bug).",
+                registry=registry,
+            ),
         )
+
+    def watch_queue(self, *, depth: Callable[[], float], oldest_age: Callable[[], float]) -> None:
+        """Read the queue's depth and oldest age at scrape time (from the metrics server's thread)."""
+        self.queue_depth.set_function(depth)
+        self.queue_oldest_age.set_function(oldest_age)
 
     def observe_write(self, verb: str, kind: str) -> None:
         self.writes.labels(verb=verb, kind=kind or "unknown").inc()

@@ -20,6 +20,10 @@ class SettingsError(ValueError):
 class OperatorSettings:
     # The shared model-server image, used when a MnistModel sets no spec.image.
     default_image: str = "mnist-server:0.1.0"
+    # A model pod keeps serving this long after it is asked to stop (a preStop pause) before the
+    # server gets SIGTERM: the time Services, kube-proxy and ingress controllers take to stop
+    # sending it new requests. 0 turns the pause off.
+    drain_seconds: int = 5
     # Namespaces to watch; empty means every namespace (cluster-wide).
     namespaces: tuple[str, ...] = ()
     log_format: LogFormat = "plain"
@@ -33,6 +37,9 @@ class OperatorSettings:
     resync_seconds: float = 600.0
     # How long the answer "is the Route / ServiceMonitor API served?" is trusted.
     discovery_ttl_seconds: float = 30.0
+    # Liveness fails once models have waited this long for a reconcile while none has finished:
+    # far above the longest healthy reconcile (a few API calls of at most 30 s each).
+    queue_stall_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
@@ -57,6 +64,7 @@ class OperatorSettings:
             )
         return cls(
             default_image=image,
+            drain_seconds=int(_number(get, "DRAIN_SECONDS", defaults.drain_seconds, minimum=0, integer=True)),
             namespaces=namespaces,
             log_format=cast(LogFormat, log_format),
             log_level=log_level,
@@ -68,6 +76,7 @@ class OperatorSettings:
             discovery_ttl_seconds=_number(
                 get, "DISCOVERY_TTL_SECONDS", defaults.discovery_ttl_seconds, minimum=0
             ),
+            queue_stall_seconds=_number(get, "QUEUE_STALL_SECONDS", defaults.queue_stall_seconds, minimum=1),
         )
 
 

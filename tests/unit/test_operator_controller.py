@@ -7,7 +7,6 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -17,6 +16,7 @@ from mnist_operator.controller import Reconciler
 from mnist_operator.kube import ApiError, Discovery
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings
+from mnist_operator.workqueue import Requeue, StopRetrying
 
 pytestmark = pytest.mark.asyncio
 NOW = "2026-01-01T00:00:00Z"
@@ -220,7 +220,7 @@ async def test_someone_elses_object_is_not_taken_over(world: Any) -> None:
     client.objects[("Service", "ml", "digits")] = {"kind": "Service", "metadata": {"name": "digits"}}
     create(client, indexes, {"modelVersion": "1"})
     indexes.indexes["Service"].clear()  # not labelled as ours: invisible to the filtered watch
-    with pytest.raises(kopf.TemporaryError):
+    with pytest.raises(Requeue):
         await reconcile(("ml", "digits"))
     assert ("apply", "Service", "mnist-operator") not in client.writes
     ready = client.objects[(api.KIND, "ml", "digits")]["status"]["conditions"][0]
@@ -232,7 +232,7 @@ async def test_a_rejected_child_is_reported_and_retried(world: Any) -> None:
     client, _, indexes, reconcile = world
     client.fail_apply["Deployment"] = ApiError(422, "Invalid", "spec.template: bad", "PATCH", "/x")
     create(client, indexes, {"modelVersion": "1"})
-    with pytest.raises(kopf.TemporaryError) as caught:
+    with pytest.raises(Requeue) as caught:
         await reconcile(("ml", "digits"))
     assert caught.value.delay == 60
     ready = client.objects[(api.KIND, "ml", "digits")]["status"]["conditions"][0]
@@ -246,11 +246,38 @@ async def test_a_rejected_child_is_reported_and_retried(world: Any) -> None:
 async def test_an_invalid_spec_is_reported_and_not_retried(world: Any) -> None:
     client, _, indexes, reconcile = world
     create(client, indexes, {"modelVersion": "Not Valid"})
-    with pytest.raises(kopf.PermanentError):
+    with pytest.raises(StopRetrying):
         await reconcile(("ml", "digits"))
     assert [w[1] for w in client.writes] == ["MnistModel"]
     ready = client.objects[(api.KIND, "ml", "digits")]["status"]["conditions"][0]
     assert ready["reason"] == "InvalidSpec" and "spec.modelVersion" in ready["message"]
+
+
+async def test_outcomes_are_counted_by_result_and_an_unexpected_failure_by_reason(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _, indexes, reconcile = world
+    metrics: Metrics = reconcile.metrics
+
+    def count(counter: Any, **labels: str) -> float:
+        values = [s.value for m in counter.collect() for s in m.samples if s.labels == labels]
+        return float(values[0]) if values else 0.0
+
+    create(client, indexes, {"modelVersion": "Not Valid"})
+    with pytest.raises(StopRetrying):
+        await reconcile(("ml", "digits"))
+    create(client, indexes, {"modelVersion": "1"})
+
+    async def broken_apply(obj: Any, **_: Any) -> None:
+        raise KeyError("a bug, not an API answer")
+
+    monkeypatch.setattr(client, "apply", broken_apply)
+    with pytest.raises(KeyError):
+        await reconcile(("ml", "digits"))
+    assert count(metrics.reconciles, result="error") == 2
+    assert count(metrics.reconciles, result="retry") == 0
+    assert count(metrics.errors, reason="InvalidSpec") == 1
+    assert count(metrics.errors, reason="Unexpected") == 1
 
 
 async def test_missing_service_monitor_api_is_a_condition_not_a_crash(world: Any) -> None:

@@ -27,6 +27,7 @@ def test_every_variable_is_read() -> None:
             "MNIST_OPERATOR_WORKERS": "2",
             "MNIST_OPERATOR_RESYNC_SECONDS": "30.5",
             "MNIST_OPERATOR_DISCOVERY_TTL_SECONDS": "0",
+            "MNIST_OPERATOR_QUEUE_STALL_SECONDS": "120",
             "UNRELATED": "x",
         }
     )
@@ -41,6 +42,7 @@ def test_every_variable_is_read() -> None:
         workers=2,
         resync_seconds=30.5,
         discovery_ttl_seconds=0,
+        queue_stall_seconds=120,
     )
 
 
@@ -60,6 +62,7 @@ def test_blank_values_mean_default() -> None:
         ("METRICS_PORT", "70000", "not a TCP port"),
         ("WORKERS", "0", "at least 1"),
         ("RESYNC_SECONDS", "soon", "expected a number"),
+        ("QUEUE_STALL_SECONDS", "0", "at least 1"),
         ("HEALTH_PORT", "8080", "must differ"),
     ],
 )
