@@ -98,7 +98,7 @@ def test_promtool_checks_and_unit_tests_the_rules(tmp_path: Path) -> None:
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
+    assert "SUCCESS: 7 rules found" in check.stdout
     tested = subprocess.run(
         [PROMTOOL, "test", "rules", "tests.yaml"],
         cwd=tmp_path,
@@ -120,6 +120,7 @@ def test_every_alert_has_a_unit_test_and_a_runbook() -> None:
         "MnistModelVersionMismatch",
         "MnistOperatorDown",
         "MnistOperatorReconcileErrors",
+        "MnistOperatorWorkQueueStuck",
     }
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
     firing = {
