@@ -45,6 +45,7 @@ JSON = "application/json"
 IMAGE_TYPES = ("image/png", "image/jpeg")
 MULTIPART = "multipart/form-data"
 UPLOAD_FIELD = "file"
+SHUTTING_DOWN = "the server is shutting down; it answers requests until it stops"
 
 _MODEL = "<name>"
 _VERSION = "<name>/versions/<version>"
@@ -83,11 +84,13 @@ def create_app(
     *,
     multiprocess_dir: Path | None = None,
     readiness_gate: Callable[[], str | None] | None = None,
+    draining: Callable[[], bool] | None = None,
 ) -> Flask:
     """The server for one model. ``registry`` holds this process's metrics; with
     ``multiprocess_dir`` (several worker processes) ``/metrics`` serves all workers' aggregate.
     ``readiness_gate``, once the model is ready, says why the server is not (e.g. other workers
-    still loading), or None."""
+    still loading), or None. ``draining`` is true once the server is shutting down: it is then
+    not ready, and closes each connection after its response (see ``mnist_server.shutdown``)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json = _FastJSONProvider(app)
@@ -96,7 +99,12 @@ def create_app(
     app.url_map.converters["default"] = _PathSegment
     metrics = ServerMetrics(registry, model.name, model.version)
     server = _Server(
-        settings, model, metrics, exposition_registry(registry, multiprocess_dir), readiness_gate
+        settings,
+        model,
+        metrics,
+        exposition_registry(registry, multiprocess_dir),
+        readiness_gate=readiness_gate,
+        draining=draining or _never,
     )
     # A model that batches requests reports its own model calls; otherwise each request is one.
     observe_batches = getattr(model, "observe_batches", None)
@@ -122,13 +130,16 @@ class _Server:
         model: Model,
         metrics: ServerMetrics,
         exposed: CollectorRegistry,
+        *,
         readiness_gate: Callable[[], str | None] | None,
+        draining: Callable[[], bool],
     ) -> None:
         self.settings = settings
         self.model = model
         self.metrics = metrics
         self.exposed = exposed
         self.readiness_gate = readiness_gate
+        self.draining = draining
         self.version = _package_version()
         self.model_reports_batches = False
 
@@ -216,6 +227,10 @@ class _Server:
     def record_request(self, response: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED
         self.metrics.observe_request(endpoint, response.status_code, _elapsed())
+        if self.draining():
+            # Keep-alive connections would stay pinned to this pod until it stops, and break then;
+            # closed after each answer, clients reconnect through the Service to pods that stay.
+            response.headers["Connection"] = "close"
         return response
 
     def error_response(self, error: ApiError, headers: dict[str, str] | None = None) -> Response:
@@ -254,6 +269,8 @@ class _Server:
             )
 
     def _require_ready(self) -> None:
+        if self.draining():
+            raise NotReadyError(SHUTTING_DOWN)
         if not self.model.ready:
             failed = self.model.state is LoadState.FAILED
             raise NotReadyError(self.model.state_message, Reason.LOAD_FAILED if failed else Reason.NOT_READY)
@@ -319,6 +336,10 @@ class _FastJSONProvider(DefaultJSONProvider):
         except TypeError:  # a type orjson does not know: Flask's encoder knows more
             return super().response(*args, **kwargs)
         return Response(body, mimetype=self.mimetype)
+
+
+def _never() -> bool:
+    return False
 
 
 def _is_json(mimetype: str) -> bool:

@@ -142,6 +142,7 @@ class MicroBatcher:
         self._queue: deque[Pending] = deque()
         self._queued_images = 0
         self._busy = False  # a model call is running (in the batching thread or a caller's)
+        self._call_started: float | None = None  # perf_counter() when that call began
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -191,10 +192,11 @@ class MicroBatcher:
 
     def _call_model(self, images: FloatArray) -> FloatArray:
         """One model call, checked and observed, whichever thread makes it."""
-        started = time.perf_counter()
+        started = self._call_started = time.perf_counter()
         try:
             output = self._predict(images)
         finally:
+            self._call_started = None
             if self._on_batch is not None:
                 self._on_batch(int(images.shape[0]), time.perf_counter() - started)
         if output.shape[0] != images.shape[0]:
@@ -238,6 +240,12 @@ class MicroBatcher:
             for chunk in chunks:
                 if chunk.state == _QUEUED:
                     chunk.state = _CANCELLED
+
+    def running_for(self) -> float:
+        """Seconds the model call in progress has been running (0 when the model is idle): a
+        call far longer than usual means a wedged model, which no timeout can interrupt."""
+        started = self._call_started
+        return 0.0 if started is None else time.perf_counter() - started
 
     @property
     def queued_images(self) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from mnist_server.batching import BatcherClosedError, BatchingError, BatchOutputError
+
 
 class Reason(StrEnum):
     INVALID_JSON = "invalid_json"
@@ -82,6 +84,26 @@ class OverloadedError(ApiError):
 
     status = 503
     default_reason = Reason.OVERLOADED
+
+
+class ModelFaultError(ApiError):
+    """The model answered wrongly (e.g. not one row per image): a server-side defect, so a 500
+    that a client should not retry, unlike overload."""
+
+    status = 500
+    default_reason = Reason.INTERNAL
+
+
+def from_batching(error: BatchingError) -> ApiError:
+    """What a client sees when the batcher gave no answer: shutting down and overload (a full
+    queue, no answer in time) are retryable 503s; a model that answered wrongly is a 500."""
+    if isinstance(error, BatcherClosedError):
+        return NotReadyError(str(error))
+    if isinstance(error, BatchOutputError):
+        return ModelFaultError(
+            f"the model answered wrongly ({error}); this is a server fault, not a bad request"
+        )
+    return OverloadedError(str(error))
 
 
 class ModelLoadError(Exception):

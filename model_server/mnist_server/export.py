@@ -62,10 +62,9 @@ def export_model(
         archive.write_out(str(saved), verbose=False)
         (saved / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         if onnx:
-            from mnist_server.backends.onnx_export import check_agreement, export_onnx
+            from mnist_server.backends.onnx_export import export_onnx
 
-            export_onnx(saved)
-            check_agreement(saved)
+            export_onnx(saved)  # checked against TensorFlow before it is written
         _fsync_tree(saved)
         saved.rename(final)
     finally:

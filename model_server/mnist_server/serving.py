@@ -9,7 +9,7 @@ The master process never imports TensorFlow (it is not fork-safe and costs ~500 
 builds its own app after the fork and loads the model in a background thread, so ``/healthz``
 answers at once and ``/readyz`` turns 200 when the model has loaded and answered a warm-up.
 A worker that dies is started again (twice within a few seconds: the server exits, and the
-kubelet restarts the container).
+kubelet restarts the container). SIGTERM drains before it stops (``mnist_server.shutdown``).
 
 With more than one worker, metrics use prometheus_client's multiprocess mode: each worker
 writes its values to files in a fresh directory and ``/metrics`` (served by any worker)
@@ -36,7 +36,8 @@ from mnist_server.settings import Settings
 
 if TYPE_CHECKING:
     from flask import Flask
-    from granian.server.common import AbstractServer
+
+    from mnist_server.shutdown import DrainingServer, Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,18 @@ METRICS_DIR_PREFIX = "mnist-server-metrics-"
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
-def build_server(settings: Settings, multiprocess_dir: Path | None) -> AbstractServer[Any]:
+def build_server(
+    settings: Settings, multiprocess_dir: Path | None, lifecycle: Lifecycle | None = None
+) -> DrainingServer:
     """The Granian server for these settings (not started). Each worker process builds its app
-    with :func:`build_worker_app` once it has been forked."""
-    from granian import Granian
+    with :func:`build_worker_app` once it has been forked; ``lifecycle`` is shared with them."""
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
-    server = Granian(
+    from mnist_server.shutdown import DrainingServer, Lifecycle
+
+    server = DrainingServer(
         "mnist-server",  # only a label: serve() hands Granian the loader that builds the app
         address=settings.host,
         port=settings.port,
@@ -64,11 +68,13 @@ def build_server(settings: Settings, multiprocess_dir: Path | None) -> AbstractS
         workers=settings.workers,
         blocking_threads=settings.threads,
         respawn_failed_workers=True,
-        workers_kill_timeout=settings.graceful_timeout or None,
         log_level=LogLevels(settings.log_level),
         log_dictconfig=_granian_logging(),
         log_access=False,
         websockets=False,
+        lifecycle=lifecycle or Lifecycle(),
+        drain_delay_s=settings.drain_delay,
+        graceful_timeout_s=settings.graceful_timeout,
     )
     server.on_shutdown(partial(_remove_metrics_dir, multiprocess_dir))
     return server
@@ -76,14 +82,20 @@ def build_server(settings: Settings, multiprocess_dir: Path | None) -> AbstractS
 
 def serve(settings: Settings, model_version: ModelVersion) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    from mnist_server.shutdown import Lifecycle
+
     multiprocess_dir = prepare_metrics_mode(settings.workers)
-    server = build_server(settings, multiprocess_dir)
-    # A plain function and frozen dataclasses: picklable, should workers ever be spawned, not forked.
-    loader = partial(build_worker_app, settings, model_version, multiprocess_dir)
+    lifecycle = Lifecycle()
+    server = build_server(settings, multiprocess_dir, lifecycle)
+    # A plain function, frozen dataclasses and shared memory: picklable as a new process's
+    # arguments, should workers ever be spawned, not forked.
+    loader = partial(build_worker_app, settings, model_version, multiprocess_dir, lifecycle)
     server.serve(target_loader=loader, wrap_loader=False)
 
 
-def build_worker_app(settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None) -> Flask:
+def build_worker_app(
+    settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None, lifecycle: Lifecycle
+) -> Flask:
     """In a worker process, after the fork: the app, with the model loading in the background."""
     # Until Granian installs its own handlers (after this returns), SIGTERM would reach the handler
     # inherited from the master, which does nothing in a worker: the worker would ignore it and be
@@ -113,8 +125,8 @@ def build_worker_app(settings: Settings, model_version: ModelVersion, multiproce
         ),
     )
     if multiprocess_dir is None:
-        app = create_app(settings, model, CollectorRegistry())
-        load_in_background(model, before_load=_wait_until_serving)
+        app = create_app(settings, model, CollectorRegistry(), draining=lifecycle.draining)
+        load_in_background(model, on_ready=lifecycle.mark_ready, before_load=_wait_until_serving)
         return app
     group = WorkerGroup(multiprocess_dir, settings.workers)
     forget_dead_workers(multiprocess_dir, group)
@@ -124,9 +136,15 @@ def build_worker_app(settings: Settings, model_version: ModelVersion, multiproce
         CollectorRegistry(),
         multiprocess_dir=multiprocess_dir,
         readiness_gate=group.not_ready,
+        draining=lifecycle.draining,
     )
     pid = os.getpid()
-    load_in_background(model, on_ready=lambda: group.mark_ready(pid), before_load=_wait_until_serving)
+
+    def on_ready() -> None:
+        group.mark_ready(pid)
+        lifecycle.mark_ready()
+
+    load_in_background(model, on_ready=on_ready, before_load=_wait_until_serving)
     return app
 
 

@@ -39,7 +39,10 @@ class Settings:
     max_batch: int = 128
     log_level: str = "info"
     timeout: int = 60
+    # From SIGTERM to exit, drain included: below Kubernetes' default grace period of 30 s.
     graceful_timeout: int = 25
+    # Seconds of serving after SIGTERM, not ready, while endpoints and load balancers catch up.
+    drain_delay: int = 5
     backend: str = "auto"
     # Images per model call, and how long a call may wait for more requests to join it; chosen
     # by measurement (docs/benchmarks.md): greedy batching (no wait) is best on two cores.
@@ -59,7 +62,18 @@ class Settings:
                 values[var.field] = var.parse(raw.strip())
             except ValueError as exc:
                 raise SettingsError(f"{var.env_name}={raw!r}: {exc}") from None
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def __post_init__(self) -> None:
+        if self.graceful_timeout and self.drain_delay >= self.graceful_timeout:
+            raise ValueError(
+                f"{PREFIX}DRAIN_DELAY={self.drain_delay} must be less than {PREFIX}GRACEFUL_TIMEOUT="
+                f"{self.graceful_timeout}, which bounds the whole shutdown (in-flight requests need "
+                "time after the drain)"
+            )
 
 
 @dataclass(frozen=True)
@@ -155,7 +169,14 @@ VARIABLES: tuple[Variable, ...] = (
         "timeout", _int_in(1, 3600), "seconds a request may wait for the model before it fails with 503"
     ),
     Variable(
-        "graceful_timeout", _int_in(0, 3600), "seconds workers get to finish in-flight requests after SIGTERM"
+        "graceful_timeout",
+        _int_in(0, 3600),
+        "seconds from SIGTERM to exit: the drain, then in-flight requests finish; 0: wait for them",
+    ),
+    Variable(
+        "drain_delay",
+        _int_in(0, 3600),
+        "seconds the server keeps serving after SIGTERM, not ready, before it stops accepting",
     ),
     Variable(
         "backend",

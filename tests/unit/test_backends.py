@@ -120,3 +120,29 @@ def test_onnx_backend_without_model_onnx_says_how_to_make_it(tmp_path: Path) -> 
 def test_unknown_backend_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="unknown backend 'torch'; expected one of tensorflow, onnx"):
         open_runner("torch", tmp_path)
+
+
+def test_onnx_export_refuses_to_write_a_conversion_that_disagrees_with_tensorflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from testkit import tiny_keras_model
+
+    from mnist_server.backends import onnx_export
+    from mnist_server.export import export_model
+
+    published = export_model(tiny_keras_model(seed=1), tmp_path, "mnist", "1", {}).path
+    other = export_model(tiny_keras_model(seed=2), tmp_path, "other", "1", {}).path
+    # A faulty conversion: the graph of another model.
+    wrong = onnx_export.convert(other)
+    monkeypatch.setattr(onnx_export, "convert", lambda version_dir, opset: wrong)
+
+    assert onnx_export.main([str(published)]) == 1
+
+    assert "disagrees with the SavedModel" in capsys.readouterr().err
+    assert not (published / ONNX_FILE).exists()
+    assert not [p.name for p in published.iterdir() if p.name.startswith(".")]
+
+    monkeypatch.undo()
+    assert onnx_export.main([str(published)]) == 0
+    assert capsys.readouterr().out.strip() == str(published / ONNX_FILE)
+    assert onnx_export.check_agreement(published) <= 1e-4

@@ -225,6 +225,33 @@ def test_a_slow_call_in_its_callers_thread_holds_back_only_the_callers_queued_be
         batcher.close()
 
 
+def test_running_for_measures_the_model_call_in_progress_whichever_thread_makes_it(
+    model: FakeModel,
+) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
+    try:
+        assert batcher.running_for() == 0.0
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            inline = pool.submit(batcher.predict, images_with_ids([int(FakeModel.GATE)]), WAIT)
+            assert model.entered_gate.wait(WAIT)
+            threading.Event().wait(0.05)
+            assert batcher.running_for() >= 0.05
+            model.gate.set()
+            inline.result(WAIT)
+        assert batcher.running_for() == 0.0
+        model.gate.clear()
+        model.entered_gate.clear()
+        (held,) = batcher.submit(images_with_ids([int(FakeModel.GATE)]))  # in the batching thread
+        assert model.entered_gate.wait(WAIT)
+        threading.Event().wait(0.05)
+        assert batcher.running_for() >= 0.05
+        model.gate.set()
+        held.result(WAIT)
+        assert batcher.running_for() == 0.0
+    finally:
+        batcher.close()
+
+
 def test_wrong_number_of_output_rows_is_an_error_for_that_batch() -> None:
     batcher = MicroBatcher(
         lambda images: np.zeros((1, 2), dtype=np.float32), BatchingConfig(max_batch_size=8)

@@ -107,6 +107,31 @@ def test_readiness_waits_for_the_gate_once_the_model_is_ready(
     assert client.get("/v2/health/ready").status_code == 200
 
 
+def test_a_draining_server_is_not_ready_but_answers_and_closes_each_connection(
+    server_settings: Settings, server_registry: CollectorRegistry
+) -> None:
+    draining = [False]
+    model = FakeModel()
+    model.load()
+    app = create_app(server_settings, model, server_registry, draining=lambda: draining[0])
+    client = app.test_client()
+    image = {"inputs": image_with_digit(3).tolist()}
+    assert "Connection" not in post_json(client, "/predict", image).headers
+
+    draining[0] = True
+
+    for path in ("/readyz", "/v2/health/ready", "/v2/models/mnist/ready"):
+        response = client.get(path)
+        assert "shutting down" in error_of(response, 503, "not_ready"), path
+        assert response.headers["Connection"] == "close"
+    answer = post_json(client, "/predict", image)
+    assert answer.status_code == 200
+    assert answer.get_json()["prediction"] == 3
+    assert answer.headers["Connection"] == "close"
+    assert error_of(post_json(client, "/predict", {}), 400, "missing_field")
+    assert client.get("/healthz").status_code == 200
+
+
 # --- POST /predict -------------------------------------------------------------------------
 
 

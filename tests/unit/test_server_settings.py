@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import pytest
 from mnist_server import cli
 from mnist_server.serving import WorkerGroup, build_server, forget_dead_workers
 from mnist_server.settings import VARIABLES, Settings, SettingsError, unknown_variables
+from mnist_server.shutdown import DrainingServer, Lifecycle
 
 
 def test_defaults_suit_a_container() -> None:
@@ -42,6 +45,7 @@ def test_every_variable_is_read() -> None:
         "MNIST_SERVER_LOG_LEVEL": "DEBUG",
         "MNIST_SERVER_TIMEOUT": "30",
         "MNIST_SERVER_GRACEFUL_TIMEOUT": "10",
+        "MNIST_SERVER_DRAIN_DELAY": "3",
         "MNIST_SERVER_BACKEND": "ONNX",
         "MNIST_SERVER_BATCH_MAX_SIZE": "32",
         "MNIST_SERVER_BATCH_MAX_WAIT_MS": "2.5",
@@ -61,6 +65,7 @@ def test_every_variable_is_read() -> None:
         log_level="debug",
         timeout=30,
         graceful_timeout=10,
+        drain_delay=3,
         backend="onnx",
         batch_max_size=32,
         batch_max_wait_ms=2.5,
@@ -154,6 +159,80 @@ def test_granian_serves_the_wsgi_app_with_the_settings() -> None:
     assert server.log_access is False
 
 
+def test_the_drain_must_leave_time_for_in_flight_requests() -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"MNIST_SERVER_DRAIN_DELAY": "25"})
+    assert str(error.value) == (
+        "MNIST_SERVER_DRAIN_DELAY=25 must be less than MNIST_SERVER_GRACEFUL_TIMEOUT=25, which bounds "
+        "the whole shutdown (in-flight requests need time after the drain)"
+    )
+    assert Settings.from_env({"MNIST_SERVER_DRAIN_DELAY": "0"}).drain_delay == 0
+    # GRACEFUL_TIMEOUT 0 waits for in-flight requests however long they take: any drain fits.
+    assert Settings.from_env({"MNIST_SERVER_GRACEFUL_TIMEOUT": "0", "MNIST_SERVER_DRAIN_DELAY": "40"})
+
+
+def test_cli_exits_2_when_the_drain_is_longer_than_the_graceful_timeout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MNIST_SERVER_GRACEFUL_TIMEOUT", "5")
+    assert cli.main(["--drain-delay", "5"]) == 2
+    message = "MNIST_SERVER_DRAIN_DELAY=5 must be less than MNIST_SERVER_GRACEFUL_TIMEOUT=5"
+    assert message in capsys.readouterr().err
+
+
+def draining_server(drain_delay: int, lifecycle: Lifecycle) -> DrainingServer:
+    return build_server(Settings(graceful_timeout=7, drain_delay=drain_delay), None, lifecycle)
+
+
+def test_sigterm_fails_readiness_at_once_and_stops_the_workers_after_the_drain() -> None:
+    lifecycle = Lifecycle()
+    lifecycle.mark_ready()
+    server = draining_server(1, lifecycle)
+    started = time.monotonic()
+
+    server.signal_handler_interrupt(signal.SIGTERM, None)
+
+    assert lifecycle.draining()
+    assert not server.interrupt_signal  # still serving
+    assert server.main_loop_interrupt.wait(5)  # Granian's main loop now stops the workers
+    assert time.monotonic() - started >= 1.0
+    assert server.interrupt_signal
+    # The in-flight requests get what the drain left of the graceful timeout (7 s).
+    assert server.workers_kill_timeout == 5
+
+
+def test_a_second_signal_or_sigint_skips_the_drain() -> None:
+    lifecycle = Lifecycle()
+    lifecycle.mark_ready()
+    server = draining_server(5, lifecycle)
+    server.signal_handler_interrupt(signal.SIGTERM, None)
+    assert not server.interrupt_signal
+    server.signal_handler_interrupt(signal.SIGTERM, None)
+    assert server.interrupt_signal
+    assert server.workers_kill_timeout == 6  # 7 s, less the moment the drain lasted
+
+    interactive = draining_server(5, Lifecycle())
+    interactive.lifecycle.mark_ready()
+    interactive.signal_handler_interrupt(signal.SIGINT, None)  # Ctrl-C
+    assert interactive.interrupt_signal
+    assert interactive.lifecycle.draining()
+
+
+def test_a_server_that_was_never_ready_stops_at_once() -> None:
+    server = draining_server(5, Lifecycle())
+    server.signal_handler_interrupt(signal.SIGTERM, None)
+    assert server.interrupt_signal
+
+
+def test_the_lifecycle_flags_are_shared_with_forked_workers() -> None:
+    lifecycle = Lifecycle()
+    worker = multiprocessing.get_context("fork").Process(target=lifecycle.mark_ready)
+    worker.start()
+    worker.join(60)
+    assert lifecycle.ever_ready
+    assert not lifecycle.draining()
+
+
 def test_ipv6_hosts_are_accepted() -> None:
     assert build_server(Settings(host="::"), None).bind_addr == "::"
 
@@ -219,8 +298,6 @@ def test_a_new_worker_tidies_up_after_dead_ones(tmp_path: Path) -> None:
 
 
 def test_the_model_load_waits_until_granian_has_the_signals() -> None:
-    import signal
-
     from mnist_server import serving
 
     previous = signal.getsignal(signal.SIGTERM)

@@ -5,8 +5,10 @@ Keras path (``from_keras``) does not work with Keras 3, and starting from the si
 exactly what the TensorFlow backend serves, with the variables frozen into constants.
 
 Run ``python -m mnist_server.backends.onnx_export <version dir>`` (or call :func:`export_onnx`).
-The file is written under a temporary name and renamed into place, so a server never reads half
-of it; an existing ``model.onnx`` is left alone (versions are immutable once published).
+The file is written under a temporary name, checked against TensorFlow on random images, and
+only then renamed into place: a server never reads half of it, and a conversion that disagrees
+with the SavedModel is never published. An existing ``model.onnx`` is left alone (versions are
+immutable once published).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ OPSET = 17
 
 
 def export_onnx(version_dir: Path, opset: int = OPSET) -> Path:
-    """``<version_dir>/model.onnx``, converted from ``<version_dir>``'s SavedModel if missing."""
+    """``<version_dir>/model.onnx``, converted from ``<version_dir>``'s SavedModel if missing;
+    raises BackendError, and writes nothing, if the conversion disagrees with TensorFlow."""
     target = Path(version_dir) / ONNX_FILE
     if target.is_file():
         return target
@@ -43,6 +46,7 @@ def export_onnx(version_dir: Path, opset: int = OPSET) -> Path:
             handle.write(proto.SerializeToString())
             handle.flush()
             os.fsync(handle.fileno())
+        check_agreement(version_dir, Path(staging))
         Path(staging).replace(target)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
@@ -50,16 +54,20 @@ def export_onnx(version_dir: Path, opset: int = OPSET) -> Path:
     return target
 
 
-def check_agreement(version_dir: Path, images: int = 64, tolerance: float = 1e-4) -> float:
-    """The largest difference between the ONNX and TensorFlow backends' probabilities on random
-    images; raises BackendError above ``tolerance``, so a faulty conversion is never published."""
+def check_agreement(
+    version_dir: Path, onnx_file: Path | None = None, images: int = 64, tolerance: float = 1e-4
+) -> float:
+    """The largest difference between the probabilities of ``onnx_file`` (default: the version's
+    ``model.onnx``) under ONNX Runtime and of the SavedModel under TensorFlow, on random images;
+    raises BackendError above ``tolerance``, so a faulty conversion is never published."""
     import numpy as np
 
     from mnist_server.backends import open_runner
+    from mnist_server.backends.onnx import OnnxRunner
 
     batch = np.random.default_rng(0).random((images, *IMAGE_SHAPE), dtype=np.float32)
     expected = open_runner("tensorflow", version_dir)(batch)
-    got = open_runner("onnx", version_dir)(batch)
+    got = OnnxRunner(onnx_file or Path(version_dir) / ONNX_FILE)(batch)
     difference = float(np.max(np.abs(expected - got)))
     if difference > tolerance:
         raise BackendError(
@@ -95,7 +103,8 @@ def convert(version_dir: Path, opset: int = OPSET) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mnist_server.backends.onnx_export",
-        description="Write model.onnx into a model version directory, converted from its SavedModel.",
+        description="Write model.onnx into a model version directory, converted from its SavedModel "
+        "and checked against it (nothing is written if they disagree; an existing model.onnx is kept).",
     )
     parser.add_argument("version_dir", type=Path, help="e.g. models/mnist/1")
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (%(default)s)")
