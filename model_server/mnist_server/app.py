@@ -239,7 +239,10 @@ class _Server:
         level = logging.ERROR if error.reason is Reason.INTERNAL else logging.DEBUG
         log.log(level, "%s %s -> %d %s: %s", request.method, request.path, error.status, error.reason, error)
         body = _json_dumps({"error": error.message, "reason": error.reason.value})
-        return Response(body, status=error.status, mimetype=JSON, headers=headers)
+        response = Response(body, status=error.status, mimetype=JSON, headers=headers)
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
 
     def http_error(self, error: HTTPException) -> Response:
         allowed = getattr(error, "valid_methods", None)

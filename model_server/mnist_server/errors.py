@@ -40,6 +40,8 @@ class ApiError(Exception):
 
     status = 500
     default_reason = Reason.INTERNAL
+    # Seconds after which a client may retry (the Retry-After header), for errors that pass.
+    retry_after: int | None = None
 
     def __init__(self, message: str, reason: Reason | None = None) -> None:
         super().__init__(message)
@@ -84,6 +86,7 @@ class OverloadedError(ApiError):
 
     status = 503
     default_reason = Reason.OVERLOADED
+    retry_after = 1
 
 
 class ModelFaultError(ApiError):

@@ -112,6 +112,7 @@ def test_a_full_queue_is_a_503_overloaded_and_a_closing_batcher_is_not_ready(
         model.predict(np.zeros((1, 28, 28), np.float32))
     response = client.post("/predict", json={"inputs": np.zeros((28, 28)).tolist()})
     assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
     assert response.get_json() == {
         "error": "4096 images are already waiting for the model (limit 4096); retry later",
         "reason": "overloaded",
