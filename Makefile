@@ -40,13 +40,13 @@ test-unit: install ## quick tests that need no control plane
 	$(PY) -m pytest --no-cluster -m 'not slow' $(PYTEST_ARGS)
 
 cluster-up: install k8s ## start the local control plane in .cluster/ (prints how to use it)
-	$(PY) hack/localcluster.py up
+	PYTHONPATH=hack $(PY) -m localcluster up
 
 cluster-down: ## stop the local control plane
-	$(PY) hack/localcluster.py down
+	PYTHONPATH=hack $(PY) -m localcluster down
 
 cluster-status:
-	$(PY) hack/localcluster.py status
+	PYTHONPATH=hack $(PY) -m localcluster status
 
 train: install ## train the default model on real MNIST into $(MODELS)/mnist/<next version>
 	$(BIN)/mnist-train --output $(MODELS)

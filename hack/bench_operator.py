@@ -9,7 +9,7 @@ Measures, with `mnist-operator` running as a subprocess against a real API serve
     python hack/bench_operator.py [--models 200] [--state-dir DIR] [--json FILE]
 
 Without --state-dir it starts (and afterwards stops) its own cluster in a temporary directory;
-with --state-dir it attaches to a cluster started by `python hack/localcluster.py up`.
+with --state-dir it attaches to a cluster started by `make cluster-up`.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ def run(cluster: LocalCluster, count: int, work: Path, resync: float) -> dict[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=int, default=200, help="how many MnistModels to create at once")
-    parser.add_argument("--state-dir", type=Path, help="attach to a cluster started by localcluster.py up")
+    parser.add_argument("--state-dir", type=Path, help="attach to a cluster started by `make cluster-up`")
     parser.add_argument("--resync-seconds", type=float, default=10.0, help="the operator's resync period")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)

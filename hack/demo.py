@@ -1,6 +1,6 @@
 """`make demo`: the MnistModel operator end to end on this machine, in a couple of minutes.
 
-1. starts a real local control plane (hack/localcluster.py: etcd, kube-apiserver,
+1. starts a real local control plane (hack/localcluster/: etcd, kube-apiserver,
    controller-manager, scheduler, kwok);
 2. installs the MnistModel CRD and the operator's shipped RBAC (manifests/rbac + ingress/);
 3. trains a small model on a subset of real MNIST into models/mnist/1, unless a version 1 is

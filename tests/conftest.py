@@ -3,10 +3,10 @@
 Only cluster options and fixtures live here; each test directory keeps its own fixtures in
 its own conftest.py.
 
-- `cluster` (session): one LocalCluster (hack/localcluster.py) for the run, in a pytest tmp
+- `cluster` (session): one LocalCluster (hack/localcluster/) for the run, in a pytest tmp
   dir, stopped at the end; its processes die with pytest even if pytest is killed. With
   MNIST_TEST_KUBECONFIG=<state dir>/kubeconfig (e.g. `.cluster/kubeconfig` after
-  `python hack/localcluster.py up`) the tests reuse that running cluster instead and leave it up.
+  `make cluster-up`) the tests reuse that running cluster instead and leave it up.
 - `namespace` (function): a fresh namespace per test, deleted afterwards without waiting.
 - `cluster_env` (function): KUBECONFIG and PATH (the cluster's kubectl first) set for the test.
 - `--no-cluster` or MNIST_NO_CLUSTER=1 skips every test marked `cluster`; any test that uses

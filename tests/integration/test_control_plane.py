@@ -16,7 +16,15 @@ import pytest
 from kopf.testing import KopfRunner
 from testkit import wait_for
 
-from localcluster import COMPONENTS, OPERATOR_USER, REPO_ROOT, ClusterError, LocalCluster, component_alive
+from localcluster import (
+    COMPONENTS,
+    OPERATOR_USER,
+    REPO_ROOT,
+    ClusterError,
+    LocalCluster,
+    component_alive,
+    components,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -224,13 +232,11 @@ def test_audit_log_records_writes_but_not_reads(cluster: LocalCluster, namespace
     assert events[0]["stage"] == "ResponseComplete"
 
 
-class BrokenEtcd(LocalCluster):
-    def _etcd_args(self) -> list[str]:
-        return ["--no-such-flag"]
-
-
-def test_a_failing_component_is_reported_with_its_log_tail(cluster: LocalCluster, tmp_path: Path) -> None:
-    broken = BrokenEtcd(tmp_path / "state", bin_dir=cluster.bin_dir, bound_to_parent=True)
+def test_a_failing_component_is_reported_with_its_log_tail(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(components, "etcd_args", lambda layout, ports: ["--no-such-flag"])
+    broken = LocalCluster(tmp_path / "state", bin_dir=cluster.bin_dir, bound_to_parent=True, real_node="off")
     with pytest.raises(ClusterError) as failure:
         broken.start()
     assert failure.value.component == "etcd"
@@ -242,7 +248,8 @@ CHILD = textwrap.dedent("""\
     import json, sys, time
     from pathlib import Path
     from localcluster import LocalCluster
-    cluster = LocalCluster(Path(sys.argv[1]), bin_dir=Path(sys.argv[2]), bound_to_parent=True).start()
+    cluster = LocalCluster(Path(sys.argv[1]), bin_dir=Path(sys.argv[2]), bound_to_parent=True,
+                           real_node="off").start()
     print(json.dumps(cluster.state.pids), flush=True)
     time.sleep(600)
 """)
