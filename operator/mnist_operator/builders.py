@@ -24,6 +24,9 @@ DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = MappingProxyType(
     }
 )
 TMP_SIZE_LIMIT = "256Mi"
+# What the server needs after SIGTERM to finish in-flight requests and exit (its own graceful
+# timeout is 25 s); the pod's grace period is the preStop pause plus this.
+SERVER_SHUTDOWN_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ def _pod_spec(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, Any
     pod: dict[str, Any] = {
         # The server never talks to the Kubernetes API.
         "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": settings.drain_seconds + SERVER_SHUTDOWN_SECONDS,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container(spec, settings)],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}],
@@ -210,7 +214,15 @@ def _container(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, An
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        # A server that exits at start-up (an unknown modelVersion, a bad setting) says why in its
+        # last log lines; they become the container's termination message, which status shows.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if settings.drain_seconds:
+        # Deleting a pod and taking it out of Service endpoints happen at once, but kube-proxy
+        # and ingress controllers learn of it a moment later: the server keeps serving meanwhile,
+        # so a rollout or scale-down fails no request. (The sleep action needs Kubernetes 1.30+.)
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": settings.drain_seconds}}}
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
     return container

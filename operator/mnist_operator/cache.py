@@ -55,9 +55,25 @@ def pod_projection(body: Body) -> dict[str, Any]:
             for c in status.get("conditions") or []
         ],
         "containerStatuses": [
-            {k: cs.get(k) for k in ("name", "ready", "restartCount", "state")}
+            {
+                **{k: cs.get(k) for k in ("name", "ready", "restartCount", "state")},
+                "lastTerminated": _last_terminated(cs),
+            }
             for cs in status.get("containerStatuses") or []
         ],
+    }
+
+
+def _last_terminated(container_status: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Why the container's previous run ended: a crash loop's cause is here, not in its state."""
+    last = (container_status.get("lastState") or {}).get("terminated")
+    if not last:
+        return None
+    # The end of the message: a termination message or log tail says the most at its end.
+    return {
+        "reason": last.get("reason"),
+        "exitCode": last.get("exitCode"),
+        "message": (last.get("message") or "")[-400:],
     }
 
 

@@ -33,6 +33,7 @@ _STUCK_REASONS = (
     "ErrImageNeverPull",
     "ImagePullBackOff",
     "ErrImagePull",
+    "OOMKilled",
     "CrashLoopBackOff",
     "CreateContainerError",
     "RunContainerError",
@@ -177,14 +178,14 @@ def _pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     name = str(pod.get("name"))
     for cs in pod.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
+        last = cs.get("lastTerminated") or {}
+        if waiting.get("reason") == "CrashLoopBackOff" and last:
+            return _crash(name, cs.get("name"), last, restarting=True)
         if waiting.get("reason") in _STUCK_REASONS:
             return PodProblem(name, waiting["reason"], _one_line(waiting.get("message", "")))
         terminated = (cs.get("state") or {}).get("terminated") or {}
         if terminated:
-            reason = terminated.get("reason") or "Terminated"
-            return PodProblem(
-                name, reason, f"container {cs.get('name')} exited with code {terminated.get('exitCode')}"
-            )
+            return _crash(name, cs.get("name"), terminated, restarting=False)
     conditions = {c.get("type"): c for c in pod.get("conditions") or []}
     scheduled = conditions.get("PodScheduled") or {}
     if scheduled.get("status") == FALSE:
@@ -201,6 +202,28 @@ def _pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
             name, "NotReady", f"running but not ready{hint} (the model is loading or /readyz fails)"
         )
     return PodProblem(name, "Pending", f"pod is {pod.get('phase') or 'Pending'}")
+
+
+def _crash(pod: str, container: object, terminated: Mapping[str, Any], *, restarting: bool) -> PodProblem:
+    """A container that ended: OOMKilled says so; otherwise its exit code and its last words
+    (the termination message, or with FallbackToLogsOnError its last log lines)."""
+    code = terminated.get("exitCode")
+    then = ", restarting with back-off" if restarting else ""
+    if terminated.get("reason") == "OOMKilled":
+        return PodProblem(
+            pod, "OOMKilled", f"container {container} was killed for using more than its memory limit{then}"
+        )
+    said = _last_words(str(terminated.get("message") or ""))
+    reason = "CrashLoopBackOff" if restarting else (terminated.get("reason") or "Terminated")
+    return PodProblem(
+        pod, reason, f"container {container} exited with code {code}{then}" + (f": {said}" if said else "")
+    )
+
+
+def _last_words(text: str) -> str:
+    """The end of a log tail or termination message, on one line (a traceback ends with its point)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(" ".join(lines[-2:]).split())[-200:]
 
 
 def _replicas(count: int, adjective: str = "") -> str:

@@ -159,6 +159,27 @@ def test_deployment_runs_the_server_restricted_with_probes() -> None:
     }
 
 
+def test_pods_drain_before_the_server_stops_and_say_why_they_failed() -> None:
+    """A stopping pod keeps serving while Services stop routing to it (preStop pause), has the
+    pause plus the server's own shutdown as its grace period, and turns its last log lines into
+    the termination message when it fails (an unknown modelVersion shows on the MnistModel)."""
+    pod = build({"modelVersion": "1"})["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod["terminationGracePeriodSeconds"] == 5 + 30
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+    slow = OperatorSettings(default_image="mnist-server:test", drain_seconds=15)
+    pod = desired(parse_spec({"modelVersion": "1"}), OWNER, slow, PLAIN)[0]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] == 15
+    assert pod["terminationGracePeriodSeconds"] == 45
+
+    off = OperatorSettings(default_image="mnist-server:test", drain_seconds=0)
+    pod = desired(parse_spec({"modelVersion": "1"}), OWNER, off, PLAIN)[0]["spec"]["template"]["spec"]
+    assert "lifecycle" not in pod["containers"][0]
+    assert pod["terminationGracePeriodSeconds"] == 30
+
+
 def test_deployment_takes_the_user_settings() -> None:
     pod = build(
         {

@@ -8,6 +8,7 @@ import pytest
 
 from mnist_operator import api
 from mnist_operator.builders import Owner
+from mnist_operator.cache import pod_projection
 from mnist_operator.spec import parse_spec
 from mnist_operator.status import (
     Event,
@@ -407,6 +408,52 @@ def test_pod_problems_are_sorted_by_severity_and_skip_terminating_pods() -> None
         ("a", "NotReady"),
         ("f", "Pending"),
     ]
+
+
+def _crashed(last: dict[str, Any], *, looping: bool = True) -> dict[str, Any]:
+    """A pod (through the cache's projection, as the operator sees it) whose container ended."""
+    container: dict[str, Any] = {"name": "server", "ready": False, "restartCount": 3, "lastState": {}}
+    if looping:
+        container["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}}
+        container["lastState"] = {"terminated": last}
+    else:
+        container["state"] = {"terminated": last}
+    body = {
+        "metadata": {"name": "digits-x"},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                   "containerStatuses": [container]},
+    }  # fmt: skip
+    return pod_projection(body)
+
+
+def test_a_crash_loop_shows_the_servers_own_last_words() -> None:
+    # What FallbackToLogsOnError leaves when the server refuses an unknown modelVersion.
+    log_tail = "INFO starting\nmnist-server: model version '9' is not in /models/mnist (versions: 1, 2)\n"
+    (problem,) = pod_problems([_crashed({"reason": "Error", "exitCode": 2, "message": log_tail})])
+    assert problem.reason == "CrashLoopBackOff"
+    assert problem.message == (
+        "container server exited with code 2, restarting with back-off: INFO starting "
+        "mnist-server: model version '9' is not in /models/mnist (versions: 1, 2)"
+    )
+    # A long traceback: its end is what tells.
+    (problem,) = pod_problems(
+        [_crashed({"reason": "Error", "exitCode": 1, "message": "x" * 5000 + "\nValueError: bad"})]
+    )
+    assert problem.message.endswith("ValueError: bad") and len(problem.message) < 300
+
+
+def test_an_oom_kill_is_its_own_reason() -> None:
+    last = {"reason": "OOMKilled", "exitCode": 137, "message": ""}
+    (looping,) = pod_problems([_crashed(last)])
+    assert (looping.reason, looping.message) == (
+        "OOMKilled",
+        "container server was killed for using more than its memory limit, restarting with back-off",
+    )
+    (once,) = pod_problems([_crashed(last, looping=False)])
+    assert once.reason == "OOMKilled"
+    # As severe as a crash loop: it outranks pods that are merely not ready yet.
+    problems = pod_problems([pod("a", ready=False), _crashed(last)])
+    assert [p.reason for p in problems] == ["OOMKilled", "NotReady"]
 
 
 def test_status_fields() -> None:
