@@ -15,6 +15,7 @@
 -- Deployment whose pods are not all available yet): the operator or the Deployment controller
 -- has not caught up, pods are starting, loading the model or waiting for a node, or the API
 -- server did not answer for a moment. A rollout that stays here ends in ProgressDeadlineExceeded.
+-- The same set as TRANSIENT_REASONS in operator/mnist_operator/conditions.py (a test holds them equal).
 local progressing_reasons = {
   DeploymentPending = true,
   RolloutPending = true,

@@ -18,24 +18,23 @@ from typing import Any
 from mnist_operator import api, builders, compare
 from mnist_operator.builders import Owner
 from mnist_operator.cache import Cache
+from mnist_operator.conditions import Reason
 from mnist_operator.kube import ApiError, Discovery, KubeClient
-from mnist_operator.metrics import Metrics
+from mnist_operator.metrics import UNEXPECTED, Metrics
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.spec import MnistModelSpec, SpecError, parse_spec
-from mnist_operator.status import Event, Observed, Problem, compute_status, transition_events
+from mnist_operator.status import (
+    STATUS_KEYS,
+    Event,
+    MnistModelStatus,
+    Observed,
+    Problem,
+    compute_status,
+    transition_events,
+)
 from mnist_operator.workqueue import Requeue, StopRetrying
 
 logger = logging.getLogger(__name__)
-
-STATUS_KEYS = (
-    "observedGeneration",
-    "url",
-    "modelVersion",
-    "replicas",
-    "readyReplicas",
-    "selector",
-    "conditions",
-)
 
 
 def utc_now() -> str:
@@ -55,18 +54,24 @@ def classify(exc: ApiError, verb: str, kind: str) -> Failure:
     if exc.status == 403:
         return Failure(
             Problem(
-                "Forbidden", f"the operator may not {verb} {kind}: {exc.message} (check the operator's RBAC)"
+                Reason.FORBIDDEN,
+                f"the operator may not {verb} {kind}: {exc.message} (check the operator's RBAC)",
             ),
             30,
         )
     if exc.status == 422:
-        return Failure(Problem("ChildInvalid", f"the API server rejected the {kind}: {exc.message}"), 60)
+        return Failure(
+            Problem(Reason.CHILD_INVALID, f"the API server rejected the {kind}: {exc.message}"), 60
+        )
     if exc.retryable:
         return Failure(
-            Problem("ApiUnavailable", f"the API server did not answer a {verb} of {kind}: {exc.message}"), 2
+            Problem(
+                Reason.API_UNAVAILABLE, f"the API server did not answer a {verb} of {kind}: {exc.message}"
+            ),
+            2,
         )
     return Failure(
-        Problem("ApplyFailed", f"could not {verb} {kind}: {exc.status} {exc.reason}: {exc.message}"), 5
+        Problem(Reason.APPLY_FAILED, f"could not {verb} {kind}: {exc.status} {exc.reason}: {exc.message}"), 5
     )
 
 
@@ -96,7 +101,7 @@ class Reconciler:
         except Exception:
             # Not one of the failures reconcile() reports itself: still seen in the error metric
             # (and its alert), not only in the log.
-            self.metrics.observe_error("Unexpected")
+            self.metrics.observe_error(UNEXPECTED)
             raise
         finally:
             self.metrics.reconciles.labels(result=result).inc()
@@ -109,7 +114,7 @@ class Reconciler:
         try:
             spec = parse_spec(body.get("spec"))
         except SpecError as exc:
-            spec, failure = None, Failure(Problem("InvalidSpec", str(exc)), 0)
+            spec, failure = None, Failure(Problem(Reason.INVALID_SPEC, str(exc)), 0)
         try:
             capabilities = await self.discovery.capabilities()
         except ApiError as exc:
@@ -141,7 +146,7 @@ class Reconciler:
         try:
             await self._write_status(body, status)
         except ApiError as exc:
-            self.metrics.observe_error("ApiUnavailable" if exc.retryable else "ApplyFailed")
+            self.metrics.observe_error(Reason.API_UNAVAILABLE if exc.retryable else Reason.APPLY_FAILED)
             raise Requeue(f"could not write the status: {exc}", delay=2) from exc
 
         if failure is not None:
@@ -170,7 +175,7 @@ class Reconciler:
             if live is not None and compare.controller_uid(live) != owner.uid:
                 return Failure(
                     Problem(
-                        "ChildConflict",
+                        Reason.CHILD_CONFLICT,
                         f"a {kind.kind} named {owner.name} already exists and is not controlled by this "
                         f"MnistModel: delete or rename it, or rename the MnistModel",
                     ),
@@ -184,7 +189,7 @@ class Reconciler:
         except ApiError as exc:
             if exc.status == 404 and kind in api.OPTIONAL_KINDS:
                 self.discovery.invalidate()  # the API went away since discovery
-                return Failure(Problem("ApiUnavailable", f"the {kind.api_version} API disappeared"), 1)
+                return Failure(Problem(Reason.API_UNAVAILABLE, f"the {kind.api_version} API disappeared"), 1)
             return classify(exc, "apply", kind.kind)
         return None
 
@@ -228,7 +233,7 @@ class Reconciler:
             manager=api.HANDOVER_FIELD_MANAGER,
         )
 
-    async def _write_status(self, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    async def _write_status(self, body: Mapping[str, Any], status: MnistModelStatus) -> None:
         current = body.get("status") or {}
         if all(current.get(k) == status.get(k) for k in STATUS_KEYS):
             return

@@ -7,17 +7,12 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-# Bounded label values.
+from mnist_operator.conditions import FAILURE_REASONS
+
+# Bounded label values: the reconcile failures' reasons, and one for any other failure (a bug).
 RESULTS = ("success", "retry", "error")
-ERROR_REASONS = (
-    "InvalidSpec",
-    "ChildConflict",
-    "ChildInvalid",
-    "Forbidden",
-    "ApiUnavailable",
-    "ApplyFailed",
-    "Unexpected",
-)
+UNEXPECTED = "Unexpected"
+ERROR_REASONS = (*sorted(FAILURE_REASONS), UNEXPECTED)
 
 
 @dataclass(frozen=True)
@@ -91,4 +86,4 @@ class Metrics:
         self.writes.labels(verb=verb, kind=kind or "unknown").inc()
 
     def observe_error(self, reason: str) -> None:
-        self.errors.labels(reason=reason if reason in ERROR_REASONS else "Unexpected").inc()
+        self.errors.labels(reason=str(reason) if reason in ERROR_REASONS else UNEXPECTED).inc()

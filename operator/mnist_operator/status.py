@@ -11,48 +11,38 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from mnist_operator import api
 from mnist_operator.builders import Owner, selector_string
+from mnist_operator.conditions import QUIET_REASONS, STUCK_POD_REASONS, ConditionType, EventReason, Reason
 from mnist_operator.spec import MnistModelSpec
 
-READY = "Ready"
-AVAILABLE = "Available"
-PROGRESSING = "Progressing"
-EXPOSURE_READY = "ExposureReady"
-MONITORING_READY = "MonitoringReady"
-CONDITION_TYPES = (READY, AVAILABLE, PROGRESSING, EXPOSURE_READY, MONITORING_READY)
+READY = ConditionType.READY
+AVAILABLE = ConditionType.AVAILABLE
+PROGRESSING = ConditionType.PROGRESSING
+EXPOSURE_READY = ConditionType.EXPOSURE_READY
+MONITORING_READY = ConditionType.MONITORING_READY
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
-# Container waiting reasons that mean "this will not fix itself soon", most severe first.
-_STUCK_REASONS = (
-    "CreateContainerConfigError",
-    "InvalidImageName",
-    "ErrImageNeverPull",
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "OOMKilled",
-    "CrashLoopBackOff",
-    "CreateContainerError",
-    "RunContainerError",
-)
-# Ready=False reasons that come with ordinary rollouts and scale-ups (new pods still loading the
-# model) or were asked for: the condition tells them, a Warning Event would cry wolf. Pods stuck
-# for real (CrashLoopBackOff, ...) and stuck rollouts do get one.
-QUIET_REASONS = frozenset(
-    {
-        "RolloutInProgress",
-        "RolloutPending",
-        "DeploymentPending",
-        "ScaledToZero",
-        "NotReady",
-        "Pending",
-        "PodsNotReady",
-    }
-)
 _MAX_PODS_IN_MESSAGE = 3
+
+
+class MnistModelStatus(TypedDict, total=False):
+    """The status subresource: every key is the operator's to write, and one it leaves out is
+    removed from the stored status (so a field added here is written with no other change)."""
+
+    observedGeneration: int
+    url: str
+    modelVersion: str  # what the pods serve; left out while none does
+    replicas: int
+    readyReplicas: int
+    selector: str
+    conditions: list[dict[str, Any]]
+
+
+STATUS_KEYS: tuple[str, ...] = tuple(MnistModelStatus.__annotations__)
 
 
 @dataclass(frozen=True)
@@ -166,9 +156,9 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[PodProblem]:
         problem = _pod_problem(pod)
         if problem is not None:
             severity = (
-                _STUCK_REASONS.index(problem.reason)
-                if problem.reason in _STUCK_REASONS
-                else len(_STUCK_REASONS)
+                STUCK_POD_REASONS.index(problem.reason)
+                if problem.reason in STUCK_POD_REASONS
+                else len(STUCK_POD_REASONS)
             )
             found.append((severity, problem))
     return [p for _, p in sorted(found, key=lambda item: item[0])]
@@ -179,9 +169,9 @@ def _pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     for cs in pod.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         last = cs.get("lastTerminated") or {}
-        if waiting.get("reason") == "CrashLoopBackOff" and last:
+        if waiting.get("reason") == Reason.CRASH_LOOP_BACK_OFF and last:
             return _crash(name, cs.get("name"), last, restarting=True)
-        if waiting.get("reason") in _STUCK_REASONS:
+        if waiting.get("reason") in STUCK_POD_REASONS:
             return PodProblem(name, waiting["reason"], _one_line(waiting.get("message", "")))
         terminated = (cs.get("state") or {}).get("terminated") or {}
         if terminated:
@@ -190,7 +180,7 @@ def _pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     scheduled = conditions.get("PodScheduled") or {}
     if scheduled.get("status") == FALSE:
         return PodProblem(
-            name, scheduled.get("reason") or "Unschedulable", _one_line(scheduled.get("message", ""))
+            name, scheduled.get("reason") or Reason.UNSCHEDULABLE, _one_line(scheduled.get("message", ""))
         )
     ready = conditions.get("Ready") or {}
     if ready.get("status") == TRUE:
@@ -199,9 +189,9 @@ def _pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
         restarts = sum(int(cs.get("restartCount") or 0) for cs in pod.get("containerStatuses") or [])
         hint = f" after {restarts} restarts" if restarts else ""
         return PodProblem(
-            name, "NotReady", f"running but not ready{hint} (the model is loading or /readyz fails)"
+            name, Reason.NOT_READY, f"running but not ready{hint} (the model is loading or /readyz fails)"
         )
-    return PodProblem(name, "Pending", f"pod is {pod.get('phase') or 'Pending'}")
+    return PodProblem(name, Reason.PENDING, f"pod is {pod.get('phase') or 'Pending'}")
 
 
 def _crash(pod: str, container: object, terminated: Mapping[str, Any], *, restarting: bool) -> PodProblem:
@@ -209,12 +199,14 @@ def _crash(pod: str, container: object, terminated: Mapping[str, Any], *, restar
     (the termination message, or with FallbackToLogsOnError its last log lines)."""
     code = terminated.get("exitCode")
     then = ", restarting with back-off" if restarting else ""
-    if terminated.get("reason") == "OOMKilled":
+    if terminated.get("reason") == Reason.OOM_KILLED:
         return PodProblem(
-            pod, "OOMKilled", f"container {container} was killed for using more than its memory limit{then}"
+            pod,
+            Reason.OOM_KILLED,
+            f"container {container} was killed for using more than its memory limit{then}",
         )
     said = _last_words(str(terminated.get("message") or ""))
-    reason = "CrashLoopBackOff" if restarting else (terminated.get("reason") or "Terminated")
+    reason = Reason.CRASH_LOOP_BACK_OFF if restarting else (terminated.get("reason") or Reason.TERMINATED)
     return PodProblem(
         pod, reason, f"container {container} exited with code {code}{then}" + (f": {said}" if said else "")
     )
@@ -247,8 +239,8 @@ def _describe(problems: Sequence[PodProblem]) -> str:
 def _top_reason(problems: Sequence[PodProblem]) -> str:
     """The most severe reason; among equally severe ones, the most common."""
     first = problems[0].reason
-    same = [p.reason for p in problems if (p.reason in _STUCK_REASONS) == (first in _STUCK_REASONS)]
-    return first if first in _STUCK_REASONS else Counter(same).most_common(1)[0][0]
+    same = [p.reason for p in problems if (p.reason in STUCK_POD_REASONS) == (first in STUCK_POD_REASONS)]
+    return first if first in STUCK_POD_REASONS else Counter(same).most_common(1)[0][0]
 
 
 def url(spec: MnistModelSpec | None, owner: Owner, exposure: Mapping[str, Any] | None) -> str:
@@ -276,15 +268,15 @@ def _exposed_host(exposure: Mapping[str, Any] | None) -> str | None:
 
 def available_condition(rollout: RolloutState, problems: Sequence[PodProblem]) -> Condition:
     if not rollout.exists:
-        return Condition(AVAILABLE, FALSE, "DeploymentPending", "the Deployment does not exist yet")
+        return Condition(AVAILABLE, FALSE, Reason.DEPLOYMENT_PENDING, "the Deployment does not exist yet")
     if rollout.desired == 0:
-        return Condition(AVAILABLE, FALSE, "ScaledToZero", "replicas is 0: no pod serves the model")
+        return Condition(AVAILABLE, FALSE, Reason.SCALED_TO_ZERO, "replicas is 0: no pod serves the model")
     counts = f"{rollout.available} of {_replicas(rollout.desired)} available"
     if rollout.available >= 1 and rollout.minimum_available:
-        return Condition(AVAILABLE, TRUE, "MinimumReplicasAvailable", counts)
+        return Condition(AVAILABLE, TRUE, Reason.MINIMUM_REPLICAS_AVAILABLE, counts)
     if problems:
         return Condition(AVAILABLE, FALSE, _top_reason(problems), f"{counts}: {_describe(problems)}")
-    return Condition(AVAILABLE, FALSE, "MinimumReplicasUnavailable", counts)
+    return Condition(AVAILABLE, FALSE, Reason.MINIMUM_REPLICAS_UNAVAILABLE, counts)
 
 
 def progressing_condition(
@@ -292,21 +284,21 @@ def progressing_condition(
 ) -> Condition:
     version = spec.model_version if spec is not None else rollout.template_version
     if not rollout.exists:
-        return Condition(PROGRESSING, TRUE, "DeploymentPending", "creating the Deployment")
+        return Condition(PROGRESSING, TRUE, Reason.DEPLOYMENT_PENDING, "creating the Deployment")
     if rollout.deadline_exceeded:
         detail = f": {_describe(problems)}" if problems else ""
         within = f" within {deadline}s" if deadline else ""
         return Condition(
             PROGRESSING,
             FALSE,
-            "ProgressDeadlineExceeded",
+            Reason.PROGRESS_DEADLINE_EXCEEDED,
             f"the rollout of version {version} made no progress{within}{detail}",
         )
     if not rollout.observed or (spec is not None and rollout.template_version != spec.model_version):
         return Condition(
             PROGRESSING,
             TRUE,
-            "RolloutPending",
+            Reason.ROLLOUT_PENDING,
             f"waiting for the Deployment controller to start rolling out version {version}",
         )
     if not rollout.rolled_out:
@@ -317,11 +309,11 @@ def progressing_condition(
         old = rollout.total - rollout.updated
         if old > 0:
             message += f", {_replicas(old, 'old')} still running"
-        return Condition(PROGRESSING, TRUE, "RollingOut", message)
+        return Condition(PROGRESSING, TRUE, Reason.ROLLING_OUT, message)
     return Condition(
         PROGRESSING,
         FALSE,
-        "RolloutComplete",
+        Reason.ROLLOUT_COMPLETE,
         f"version {rollout.template_version} is rolled out to {_replicas(rollout.desired)}",
     )
 
@@ -333,39 +325,39 @@ def exposure_condition(
         return Condition(
             EXPOSURE_READY,
             TRUE,
-            "Disabled",
+            Reason.DISABLED,
             f"exposure is disabled; the model answers in-cluster at {url(spec, owner, None)}",
         )
     if capabilities.routes:
         if exposure is None:
             return Condition(
-                EXPOSURE_READY, FALSE, "RoutePending", f"the Route {owner.name} does not exist yet"
+                EXPOSURE_READY, FALSE, Reason.ROUTE_PENDING, f"the Route {owner.name} does not exist yet"
             )
         return _route_condition(exposure)
     if spec.exposure.tls == "reencrypt":
         return Condition(
             EXPOSURE_READY,
             FALSE,
-            "ReencryptUnsupported",
+            Reason.REENCRYPT_UNSUPPORTED,
             "exposure.tls=reencrypt needs an OpenShift Route and this cluster serves no "
             "route.openshift.io API; use tls: edge with an Ingress",
         )
     if exposure is None:
         return Condition(
-            EXPOSURE_READY, FALSE, "IngressPending", f"the Ingress {owner.name} does not exist yet"
+            EXPOSURE_READY, FALSE, Reason.INGRESS_PENDING, f"the Ingress {owner.name} does not exist yet"
         )
     address = _exposed_host({"status": exposure.get("status")})
     if address:
         return Condition(
             EXPOSURE_READY,
             TRUE,
-            "IngressReady",
+            Reason.INGRESS_READY,
             f"the Ingress {owner.name} routes {url(spec, owner, exposure)} (address {address})",
         )
     return Condition(
         EXPOSURE_READY,
         UNKNOWN,
-        "AwaitingAddress",
+        Reason.AWAITING_ADDRESS,
         f"the Ingress {owner.name} exists; no ingress controller has published an address yet",
     )
 
@@ -385,7 +377,7 @@ def _route_condition(route: Mapping[str, Any]) -> Condition:
         return Condition(
             EXPOSURE_READY,
             FALSE,
-            "RouteNotAdmitted",
+            Reason.ROUTE_NOT_ADMITTED,
             f"router {c.get('routerName')} rejected the Route {name}: "
             f"{c.get('reason') or ''} {_one_line(c.get('message') or '')}".strip(),
         )
@@ -394,14 +386,14 @@ def _route_condition(route: Mapping[str, Any]) -> Condition:
         return Condition(
             EXPOSURE_READY,
             TRUE,
-            "Admitted",
+            Reason.ADMITTED,
             f"the Route {name} is admitted by router {accepted[0].get('routerName')} "
             f"at {accepted[0].get('host')}",
         )
     return Condition(
         EXPOSURE_READY,
         UNKNOWN,
-        "AwaitingAdmission",
+        Reason.AWAITING_ADMISSION,
         f"the Route {name} exists; no router has admitted it yet",
     )
 
@@ -410,12 +402,14 @@ def monitoring_condition(
     spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities, monitor: Mapping[str, Any] | None
 ) -> Condition:
     if not spec.service_monitor.enabled:
-        return Condition(MONITORING_READY, TRUE, "Disabled", "monitoring.serviceMonitor.enabled is false")
+        return Condition(
+            MONITORING_READY, TRUE, Reason.DISABLED, "monitoring.serviceMonitor.enabled is false"
+        )
     if not capabilities.service_monitors:
         return Condition(
             MONITORING_READY,
             FALSE,
-            "ServiceMonitorAPIMissing",
+            Reason.SERVICE_MONITOR_API_MISSING,
             "the monitoring.coreos.com/v1 ServiceMonitor API is not served: install the Prometheus "
             "operator or set monitoring.serviceMonitor.enabled=false",
         )
@@ -423,13 +417,13 @@ def monitoring_condition(
         return Condition(
             MONITORING_READY,
             FALSE,
-            "ServiceMonitorPending",
+            Reason.SERVICE_MONITOR_PENDING,
             f"the ServiceMonitor {owner.name} does not exist yet",
         )
     return Condition(
         MONITORING_READY,
         TRUE,
-        "ServiceMonitorReady",
+        Reason.SERVICE_MONITOR_READY,
         f"the ServiceMonitor {owner.name} scrapes /metrics every {spec.service_monitor.interval}",
     )
 
@@ -448,29 +442,35 @@ def ready_condition(
     if problem is not None:
         return Condition(READY, FALSE, problem.reason, problem.message)
     if not rollout.exists:
-        return Condition(READY, FALSE, "DeploymentPending", f"the Deployment {owner.name} does not exist yet")
+        return Condition(
+            READY, FALSE, Reason.DEPLOYMENT_PENDING, f"the Deployment {owner.name} does not exist yet"
+        )
     if rollout.deadline_exceeded:
-        return Condition(READY, FALSE, "ProgressDeadlineExceeded", progressing.message)
+        return Condition(READY, FALSE, Reason.PROGRESS_DEADLINE_EXCEEDED, progressing.message)
     if rollout.desired == 0:
-        return Condition(READY, FALSE, "ScaledToZero", "replicas is 0: no pod serves the model")
-    stuck = [p for p in problems if p.reason in _STUCK_REASONS]
+        return Condition(READY, FALSE, Reason.SCALED_TO_ZERO, "replicas is 0: no pod serves the model")
+    stuck = [p for p in problems if p.reason in STUCK_POD_REASONS]
     if not rollout.rolled_out or progressing.status == TRUE:
         if stuck:
             return Condition(READY, FALSE, _top_reason(stuck), f"{progressing.message}: {_describe(stuck)}")
-        reason = "RolloutPending" if progressing.reason == "RolloutPending" else "RolloutInProgress"
+        reason = (
+            Reason.ROLLOUT_PENDING
+            if progressing.reason == Reason.ROLLOUT_PENDING
+            else Reason.ROLLOUT_IN_PROGRESS
+        )
         return Condition(READY, FALSE, reason, progressing.message)
     if not rollout.complete or rollout.ready < rollout.desired:
         counts = f"{min(rollout.ready, rollout.available)} of {_replicas(rollout.desired)} ready"
         if problems:
             return Condition(READY, FALSE, _top_reason(problems), f"{counts}: {_describe(problems)}")
-        return Condition(READY, FALSE, "PodsNotReady", counts)
+        return Condition(READY, FALSE, Reason.PODS_NOT_READY, counts)
     if exposure is not None and exposure.status == FALSE:
-        return Condition(READY, FALSE, "ExposureNotReady", exposure.message)
+        return Condition(READY, FALSE, Reason.EXPOSURE_NOT_READY, exposure.message)
     version = spec.model_version if spec is not None else rollout.template_version
     return Condition(
         READY,
         TRUE,
-        "Serving",
+        Reason.SERVING,
         f"version {version} is served by {_replicas(rollout.ready, 'ready')} at {served_url}",
     )
 
@@ -484,7 +484,7 @@ def conditions_for(
     progressing = progressing_condition(rollout, spec, deadline, problems)
     available = available_condition(rollout, problems)
     if spec is None:
-        reason = observed.problem.reason if observed.problem else "InvalidSpec"
+        reason = observed.problem.reason if observed.problem else Reason.INVALID_SPEC
         exposure = Condition(EXPOSURE_READY, UNKNOWN, reason, "the spec is not valid")
         monitoring = Condition(MONITORING_READY, UNKNOWN, reason, "the spec is not valid")
     else:
@@ -511,7 +511,7 @@ def compute_status(
     capabilities: api.Capabilities,
     previous: Mapping[str, Any] | None,
     now: str,
-) -> dict[str, Any]:
+) -> MnistModelStatus:
     """The complete status subresource for a MnistModel (keys with no value are left out)."""
     previous = previous or {}
     rollout = rollout_state(observed.deployment)
@@ -523,16 +523,17 @@ def compute_status(
     else:  # mid-rollout the pods still serve what they served before
         served = previous.get("modelVersion")
     deployment_status = (observed.deployment or {}).get("status") or {}
-    status: dict[str, Any] = {
+    status: MnistModelStatus = {
         "observedGeneration": owner.generation,
         "url": url(spec, owner, observed.exposure),
-        "modelVersion": served,
         "replicas": int(deployment_status.get("replicas") or 0),
         "readyReplicas": int(deployment_status.get("readyReplicas") or 0),
         "selector": selector_string(owner),
         "conditions": merge_conditions(previous.get("conditions") or [], conditions, owner.generation, now),
     }
-    return {k: v for k, v in status.items() if v is not None}
+    if served is not None:
+        status["modelVersion"] = served
+    return status
 
 
 def merge_conditions(
@@ -549,9 +550,10 @@ def merge_conditions(
         unchanged = before.get("status") == cond.status and before.get("lastTransitionTime")
         merged.append(
             {
-                "type": cond.type,
+                # Plain strings, not the registry's enums: the status is JSON (and YAML) data.
+                "type": str(cond.type),
                 "status": cond.status,
-                "reason": cond.reason,
+                "reason": str(cond.reason),
                 "message": cond.message,
                 "observedGeneration": generation,
                 "lastTransitionTime": before["lastTransitionTime"] if unchanged else now,
@@ -575,19 +577,19 @@ def transition_events(
         new_reason = before.get("reason") != reason
         if cond["type"] == READY:
             if status == TRUE and flipped:
-                events.append(Event("Normal", "Ready", message))
+                events.append(Event("Normal", EventReason.READY, message))
             elif status == FALSE and new_reason and reason not in QUIET_REASONS:
                 events.append(
                     Event(
                         "Warning",
-                        "Degraded" if before.get("status") == TRUE else reason,
+                        EventReason.DEGRADED if before.get("status") == TRUE else reason,
                         f"{reason}: {message}",
                     )
                 )
         elif cond["type"] == PROGRESSING:
             if status == TRUE and flipped:
-                events.append(Event("Normal", "RolloutStarted", message))
-            elif reason == "ProgressDeadlineExceeded" and new_reason:
+                events.append(Event("Normal", EventReason.ROLLOUT_STARTED, message))
+            elif reason == Reason.PROGRESS_DEADLINE_EXCEEDED and new_reason:
                 events.append(Event("Warning", reason, message))
         elif cond["type"] in (EXPOSURE_READY, MONITORING_READY) and status == FALSE and new_reason:
             events.append(Event("Warning", reason, message))

@@ -10,6 +10,7 @@ with what the operator really writes. Also checks that the argocd-cm patch carri
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import yaml
 from mnist_operator import api
 from mnist_operator.builders import Owner
 from mnist_operator.cache import pod_projection
+from mnist_operator.conditions import TRANSIENT_REASONS, ConditionType, Reason
 from mnist_operator.spec import parse_spec
 from mnist_operator.status import Observed, Problem, compute_status
 
@@ -32,6 +34,7 @@ PATCH_FILE = ARGOCD / "argocd-cm-patch.yaml"
 HEALTH_KEY = "resource.customizations.health.aidevsecops.dev_MnistModel"
 LUA = shutil.which("lua5.1")
 NOW = "2026-01-01T00:00:00Z"
+HEALTH_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "True", "False"}
 
 needs_lua = pytest.mark.skipif(LUA is None, reason="lua5.1 is not installed (bash .ci/run installs it)")
 
@@ -335,3 +338,16 @@ def test_argocd_cm_patch_carries_the_lua_file_verbatim() -> None:
         [sys.executable, str(generator), "--check"], capture_output=True, text=True, timeout=30, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_lua_names_the_operators_transient_reasons_and_no_other() -> None:
+    lua = LUA_FILE.read_text()
+    table = re.search(r"local progressing_reasons = \{(.*?)\n\}", lua, re.DOTALL)
+    assert table is not None
+    progressing = set(re.findall(r"^\s*(\w+) = true,$", table.group(1), re.MULTILINE))
+    assert progressing == {str(r) for r in TRANSIENT_REASONS}
+    # The only other reason and condition type the check spells.
+    assert f'ready.reason == "{Reason.SCALED_TO_ZERO}"' in lua
+    assert f'find_condition(status.conditions, "{ConditionType.READY}")' in lua
+    quoted = set(re.findall(r'"([A-Z][A-Za-z]+)"', lua))
+    assert quoted <= {str(r) for r in Reason} | {str(t) for t in ConditionType} | HEALTH_STATUSES
