@@ -5,8 +5,8 @@
 - every metric the rules and the dashboard query is one the code really exports (the server's
   and the operator's metric classes, instantiated on fresh registries) or one of the few
   kube-state-metrics series they document;
-- the dashboard ConfigMap (kustomize) holds exactly the dashboard JSON, labelled for the sidecar.
-Evaluating the dashboard's queries against a real Prometheus is tests/integration/monitoring.
+Evaluating the dashboard's queries against a real Prometheus is tests/integration/monitoring; the
+dashboard ConfigMap that kustomize renders is checked in tests/integration/packaging.
 """
 
 from __future__ import annotations

@@ -1,321 +1,356 @@
-"""The server's fast path: the batched model behind the app, the backends it picks, and the v2
-binary tensor extension.
+"""The micro-batcher: answers never mix, large requests split, failures stay in their batch.
 
-The model tests use the session's tiny real model (``server_tiny_model_root``); the protocol
-tests use the fake model, whose predicted digit is the image's mean pixel x 10.
+The fake model returns, for each image, the id written into its first pixel, so any mix-up of
+rows between callers shows as a wrong id. Batch composition is made deterministic by a gate: the
+first batch blocks inside the model until the test has queued everything it wants batched next.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from flask import Flask
-from flask.testing import FlaskClient
-from prometheus_client import CollectorRegistry
-from server_support import fake_digits, image_with_digit
 
-from mnist_server.backends import choose_backend
-from mnist_server.batching import BatcherClosedError, BatcherOverloadedError, BatchingConfig
-from mnist_server.errors import NotReadyError, OverloadedError
-from mnist_server.model import SavedModel
-from mnist_server.repository import ModelVersion, resolve
+from mnist_server.batching import (
+    BatcherClosedError,
+    BatcherOverloadedError,
+    BatchingConfig,
+    BatchOutputError,
+    BatchTimeoutError,
+    MicroBatcher,
+)
 
-V2 = "/v2/models/mnist/infer"
-BINARY_HEADER = "Inference-Header-Content-Length"
+WAIT = 10.0  # generous deadline for anything that should happen promptly
 
 
-def batched(root: Path, max_batch_size: int = 8, backend: str = "tensorflow") -> SavedModel:
-    return SavedModel(
-        resolve(root, "mnist", "1"), backend=backend, batching=BatchingConfig(max_batch_size=max_batch_size)
+def images_with_ids(ids: list[int]) -> np.ndarray:
+    images = np.zeros((len(ids), 28, 28), dtype=np.float32)
+    images[:, 0, 0] = ids
+    return images
+
+
+class FakeModel:
+    """Echo each image's id; record batch sizes; optionally block or fail on marked images."""
+
+    POISON = -1.0
+    GATE = -2.0
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.entered_gate = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        ids = images[:, 0, 0]
+        with self.lock:
+            self.batches.append([int(i) for i in ids])
+        if (ids == self.GATE).any():
+            self.entered_gate.set()
+            assert self.gate.wait(WAIT), "the test never opened the gate"
+        if (ids == self.POISON).any():
+            raise RuntimeError("poisoned batch")
+        return np.stack([ids, ids * 2], axis=1)
+
+    def sizes(self) -> list[int]:
+        return [len(batch) for batch in self.batches]
+
+
+def wait_until_queued(batcher: MicroBatcher, count: int) -> None:
+    deadline = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        if batcher.queued_images >= count:
+            return
+        deadline.wait(0.01)
+    raise AssertionError(f"only {batcher.queued_images} of {count} images were queued in time")
+
+
+@pytest.fixture
+def model() -> FakeModel:
+    return FakeModel()
+
+
+def hold_batcher(batcher: MicroBatcher, model: FakeModel) -> list[object]:
+    """Occupy the batching thread with a gate batch; the returned futures belong to that batch."""
+    futures: list[object] = list(batcher.submit(images_with_ids([int(FakeModel.GATE)])))
+    assert model.entered_gate.wait(WAIT)
+    return futures
+
+
+def test_concurrent_requests_each_get_their_own_answer(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=16))
+    try:
+        hold_batcher(batcher, model)
+        ids = list(range(1, 41))
+        with ThreadPoolExecutor(max_workers=len(ids)) as pool:
+            results = [pool.submit(batcher.predict, images_with_ids([i]), WAIT) for i in ids]
+            wait_until_queued(batcher, len(ids))
+            model.gate.set()
+            answers = [r.result(WAIT) for r in results]
+        for request_id, answer in zip(ids, answers, strict=True):
+            np.testing.assert_array_equal(answer, [[request_id, 2 * request_id]])
+        # After the gate batch, the 40 queued requests ran as full batches of 16, 16 and 8.
+        assert model.sizes() == [1, 16, 16, 8]
+    finally:
+        batcher.close()
+
+
+def test_multi_image_requests_keep_their_rows_in_order(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=32))
+    try:
+        hold_batcher(batcher, model)
+        requests = [list(range(100 * k, 100 * k + n)) for k, n in enumerate([3, 1, 7, 5, 2], start=1)]
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            results = [pool.submit(batcher.predict, images_with_ids(ids), WAIT) for ids in requests]
+            wait_until_queued(batcher, sum(map(len, requests)))
+            model.gate.set()
+            for ids, result in zip(requests, results, strict=True):
+                np.testing.assert_array_equal(result.result(WAIT)[:, 0], ids)
+        assert model.sizes() == [1, 18]
+    finally:
+        batcher.close()
+
+
+def test_request_larger_than_max_batch_is_split(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4))
+    try:
+        answer = batcher.predict(images_with_ids(list(range(1, 11))), WAIT)
+        np.testing.assert_array_equal(answer[:, 0], list(range(1, 11)))
+        assert answer.shape == (10, 2)
+        assert model.batches == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    finally:
+        batcher.close()
+
+
+def test_split_chunks_share_batches_with_other_requests(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4))
+    try:
+        hold_batcher(batcher, model)
+        big = batcher.submit(images_with_ids([1, 2, 3, 4, 5, 6]))  # chunks [1..4], [5, 6]
+        small = batcher.submit(images_with_ids([7, 8]))
+        model.gate.set()
+        assert [f.result(WAIT)[:, 0].tolist() for f in big] == [[1, 2, 3, 4], [5, 6]]
+        assert small[0].result(WAIT)[:, 0].tolist() == [7, 8]
+        assert model.batches[1:] == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    finally:
+        batcher.close()
+
+
+def test_a_failing_batch_fails_only_its_own_callers(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=2))
+    try:
+        hold_batcher(batcher, model)
+        poisoned = batcher.submit(images_with_ids([int(FakeModel.POISON)]))
+        neighbour = batcher.submit(images_with_ids([5]))  # same batch as the poison
+        later = batcher.submit(images_with_ids([6, 7]))  # does not fit: next batch
+        model.gate.set()
+        for future in (*poisoned, *neighbour):
+            with pytest.raises(RuntimeError, match="poisoned batch"):
+                future.result(WAIT)
+        assert later[0].result(WAIT)[:, 0].tolist() == [6, 7]
+        # The thread survived the failure and keeps serving.
+        assert batcher.predict(images_with_ids([8]), WAIT)[0, 0] == 8
+    finally:
+        batcher.close()
+
+
+def test_a_slow_batch_times_out_its_callers_and_the_batcher_recovers(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
+    try:
+        (slow,) = hold_batcher(batcher, model)  # a slow batch in the batching thread
+        # Its caller gives up; a caller queued behind it gives up and is dropped, not computed.
+        with pytest.raises(TimeoutError):
+            slow.result(0.05)  # type: ignore[attr-defined]
+        with pytest.raises(BatchTimeoutError, match="no answer for 1 image"):
+            batcher.predict(images_with_ids([99]), timeout_s=0.05)
+        model.gate.set()
+        np.testing.assert_array_equal(batcher.predict(images_with_ids([3, 4]), WAIT)[:, 0], [3, 4])
+        assert [99] not in model.batches
+    finally:
+        batcher.close()
+
+
+def test_a_lone_request_runs_in_its_own_thread(model: FakeModel) -> None:
+    threads: list[str] = []
+
+    def recording(images: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return model(images)
+
+    batcher = MicroBatcher(recording, BatchingConfig(max_batch_size=8))
+    try:
+        np.testing.assert_array_equal(batcher.predict(images_with_ids([5, 6]), WAIT)[:, 0], [5, 6])
+        assert threads == [threading.current_thread().name]  # no hand-off to the batching thread
+        # Larger than a batch: split, and queued for the batching thread as before.
+        batcher.predict(images_with_ids(list(range(10))), WAIT)
+        assert threads[1:] == ["micro-batcher", "micro-batcher"]
+    finally:
+        batcher.close()
+
+
+def test_requests_arriving_during_a_callers_model_call_share_the_next_batch(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            first = pool.submit(batcher.predict, images_with_ids([int(FakeModel.GATE)]), WAIT)
+            assert model.entered_gate.wait(WAIT)  # running in its caller's thread
+            others = [pool.submit(batcher.predict, images_with_ids([i]), WAIT) for i in range(1, 6)]
+            wait_until_queued(batcher, 5)
+            model.gate.set()
+            assert first.result(WAIT)[0, 0] == FakeModel.GATE
+            assert [f.result(WAIT)[0, 0] for f in others] == [1, 2, 3, 4, 5]
+        assert model.sizes() == [1, 5]  # one model call at a time; the five waited and went together
+    finally:
+        batcher.close()
+
+
+def test_a_slow_call_in_its_callers_thread_holds_back_only_the_callers_queued_behind(
+    model: FakeModel,
+) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            slow = pool.submit(batcher.predict, images_with_ids([int(FakeModel.GATE)]), 0.05)
+            assert model.entered_gate.wait(WAIT)
+            with pytest.raises(BatchTimeoutError):
+                batcher.predict(images_with_ids([99]), timeout_s=0.05)
+            model.gate.set()
+            # The caller that ran the model gets its answer (a running call cannot be abandoned).
+            assert slow.result(WAIT)[0, 0] == FakeModel.GATE
+        assert batcher.predict(images_with_ids([7]), WAIT)[0, 0] == 7
+        assert [99] not in model.batches
+    finally:
+        batcher.close()
+
+
+def test_running_for_measures_the_model_call_in_progress_whichever_thread_makes_it(
+    model: FakeModel,
+) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
+    try:
+        assert batcher.running_for() == 0.0
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            inline = pool.submit(batcher.predict, images_with_ids([int(FakeModel.GATE)]), WAIT)
+            assert model.entered_gate.wait(WAIT)
+            threading.Event().wait(0.05)
+            assert batcher.running_for() >= 0.05
+            model.gate.set()
+            inline.result(WAIT)
+        assert batcher.running_for() == 0.0
+        model.gate.clear()
+        model.entered_gate.clear()
+        (held,) = batcher.submit(images_with_ids([int(FakeModel.GATE)]))  # in the batching thread
+        assert model.entered_gate.wait(WAIT)
+        threading.Event().wait(0.05)
+        assert batcher.running_for() >= 0.05
+        model.gate.set()
+        held.result(WAIT)
+        assert batcher.running_for() == 0.0
+    finally:
+        batcher.close()
+
+
+def test_wrong_number_of_output_rows_is_an_error_for_that_batch() -> None:
+    batcher = MicroBatcher(
+        lambda images: np.zeros((1, 2), dtype=np.float32), BatchingConfig(max_batch_size=8)
     )
+    try:
+        with pytest.raises(BatchOutputError, match="1 rows for a batch of 3"):
+            batcher.predict(images_with_ids([1, 2, 3]), WAIT)
+    finally:
+        batcher.close()
 
 
-def samples(registry: CollectorRegistry, name: str) -> float:
-    return registry.get_sample_value(name) or 0.0
+def test_queue_is_bounded(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4, max_queue_images=8))
+    try:
+        hold_batcher(batcher, model)
+        accepted = batcher.submit(images_with_ids(list(range(1, 9))))
+        with pytest.raises(BatcherOverloadedError, match="8 images are already waiting"):
+            batcher.submit(images_with_ids([9]))
+        model.gate.set()
+        assert [f.result(WAIT).shape[0] for f in accepted] == [4, 4]
+        # Once drained, a request larger than the whole queue is still accepted on its own.
+        assert batcher.predict(images_with_ids(list(range(20))), WAIT).shape == (20, 2)
+    finally:
+        batcher.close()
 
 
-# --- the batched model ------------------------------------------------------------------------
+def test_full_batch_runs_without_waiting_for_max_wait(model: FakeModel) -> None:
+    # Only "the batch is full" can release these two requests before max_wait (10 s) runs out.
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=2, max_wait_s=10.0))
+    try:
+        first = batcher.submit(images_with_ids([1]))
+        second = batcher.submit(images_with_ids([2]))
+        assert first[0].result(5.0)[0, 0] == 1
+        assert second[0].result(5.0)[0, 0] == 2
+        assert model.batches == [[1, 2]]
+    finally:
+        batcher.close()
 
 
-def test_concurrent_requests_with_distinct_images_each_get_their_own_prediction(
-    server_tiny_model_root: Path, server_make_app: Callable[..., Flask], server_registry: CollectorRegistry
-) -> None:
-    model = batched(server_tiny_model_root)
-    model.load()
-    app = server_make_app(model)
-    images = np.random.default_rng(11).random((48, 28, 28), dtype=np.float32)
-    expected = SavedModel(resolve(server_tiny_model_root, "mnist", "1"))
-    expected.load()
-    reference = expected.predict(images)
-
-    def ask(index: int) -> list[float]:
-        tensor = {
-            "name": "images",
-            "shape": [1, 28, 28],
-            "datatype": "FP32",
-            "data": images[index].ravel().tolist(),
-        }
-        response = app.test_client().post(V2, json={"inputs": [tensor]})
-        assert response.status_code == 200, response.get_data(as_text=True)
-        data: list[float] = response.get_json()["outputs"][0]["data"]
-        return data
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        answers = list(pool.map(ask, range(len(images))))
-    for index, answer in enumerate(answers):
-        np.testing.assert_allclose(answer, reference[index], rtol=1e-5, atol=1e-6, err_msg=f"image {index}")
-    # Every image went through exactly one model call, whatever the batches were.
-    assert samples(server_registry, "mnist_server_inference_batch_size_sum") == len(images)
-    assert samples(server_registry, "mnist_server_inference_batch_size_count") <= len(images)
-    model.close()
+def test_max_wait_gathers_requests_that_arrive_later(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=3, max_wait_s=10.0))
+    try:
+        futures = [batcher.submit(images_with_ids([i]))[0] for i in (1, 2, 3)]
+        assert [f.result(WAIT)[0, 0] for f in futures] == [1, 2, 3]
+        # Without max_wait the first request would have run alone as soon as it was queued.
+        assert model.batches == [[1, 2, 3]]
+    finally:
+        batcher.close()
 
 
-def test_each_model_call_is_observed_and_warm_ups_are_not(
-    server_tiny_model_root: Path, server_make_app: Callable[..., Flask], server_registry: CollectorRegistry
-) -> None:
-    model = batched(server_tiny_model_root, max_batch_size=4)
-    server_make_app(model)  # registers the metrics observer before the load, as the server does
-    model.load()
-    assert samples(server_registry, "mnist_server_inference_batch_size_count") == 0
-
-    assert model.predict(np.zeros((10, 28, 28), np.float32)).shape == (10, 10)
-
-    # One request of 10 images, split into model calls of 4, 4 and 2.
-    assert samples(server_registry, "mnist_server_inference_batch_size_count") == 3
-    assert samples(server_registry, "mnist_server_inference_batch_size_sum") == 10
-    assert samples(server_registry, "mnist_server_inference_duration_seconds_count") == 3
-    model.close()
+def test_close_finishes_queued_work_then_refuses_new(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4))
+    hold_batcher(batcher, model)
+    queued = batcher.submit(images_with_ids([1, 2]))
+    closer = threading.Thread(target=batcher.close, kwargs={"timeout_s": WAIT})
+    closer.start()
+    model.gate.set()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert queued[0].result(0)[:, 0].tolist() == [1, 2]
+    with pytest.raises(BatcherClosedError):
+        batcher.submit(images_with_ids([3]))
 
 
-def test_a_full_queue_is_a_503_overloaded_and_a_closing_batcher_is_not_ready(
-    server_tiny_model_root: Path, server_make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model = batched(server_tiny_model_root)
-    model.load()
-    client = server_make_app(model).test_client()
-
-    def overloaded(images: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
-        raise BatcherOverloadedError(
-            "4096 images are already waiting for the model (limit 4096); retry later"
-        )
-
-    monkeypatch.setattr(model._batcher, "predict", overloaded)
-    with pytest.raises(OverloadedError):
-        model.predict(np.zeros((1, 28, 28), np.float32))
-    response = client.post("/predict", json={"inputs": np.zeros((28, 28)).tolist()})
-    assert response.status_code == 503
-    assert response.headers["Retry-After"] == "1"
-    assert response.get_json() == {
-        "error": "4096 images are already waiting for the model (limit 4096); retry later",
-        "reason": "overloaded",
-    }
-
-    def closed(images: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
-        raise BatcherClosedError("the model server is shutting down")
-
-    monkeypatch.setattr(model._batcher, "predict", closed)
-    with pytest.raises(NotReadyError, match="shutting down"):
-        model.predict(np.zeros((1, 28, 28), np.float32))
+def test_close_fails_work_a_stuck_model_never_reached(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=1))
+    hold_batcher(batcher, model)
+    stranded = batcher.submit(images_with_ids([1]))
+    batcher.close(timeout_s=0.05)
+    with pytest.raises(BatcherClosedError, match="shut down first"):
+        stranded[0].result(WAIT)
+    model.gate.set()
 
 
-def test_the_onnx_backend_serves_the_same_predictions_and_auto_prefers_it(
-    server_tiny_model_root: Path, tmp_path: Path
-) -> None:
-    from mnist_server.backends.onnx_export import export_onnx
-
-    version_dir = tmp_path / "mnist" / "1"
-    shutil.copytree(server_tiny_model_root / "mnist" / "1", version_dir)
-    assert choose_backend("auto", version_dir) == "tensorflow"
-    export_onnx(version_dir)
-    assert choose_backend("auto", version_dir) == "onnx"
-    assert choose_backend("tensorflow", version_dir) == "tensorflow"
-
-    model = SavedModel(ModelVersion("mnist", "1", version_dir), backend="auto", batching=BatchingConfig())
-    assert model.platform == "tensorflow_savedmodel"  # nothing chosen before the load
-    model.load()
-    assert (model.backend, model.platform) == ("onnx", "onnxruntime_onnx")
-    images = np.load(server_tiny_model_root / "reference-input.npy")
-    expected = np.load(server_tiny_model_root / "reference-output.npy")
-    np.testing.assert_allclose(model.predict(images), expected, rtol=1e-4, atol=1e-6)
-    model.close()
+def test_empty_request_is_refused(model: FakeModel) -> None:
+    batcher = MicroBatcher(model)
+    with pytest.raises(ValueError, match="no images"):
+        batcher.submit(np.zeros((0, 28, 28), dtype=np.float32))
 
 
-def test_a_missing_onnx_file_fails_the_load_with_how_to_make_it(server_tiny_model_root: Path) -> None:
-    model = batched(server_tiny_model_root, backend="onnx")
-    with pytest.raises(Exception, match="no ONNX model; create it"):
-        model.load()
-    assert not model.ready
-    assert "onnx_export" in model.state_message
+def test_observer_sees_every_model_call(model: FakeModel) -> None:
+    seen: list[int] = []
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4), on_batch=lambda n, _s: seen.append(n))
+    try:
+        batcher.predict(images_with_ids(list(range(6))), WAIT)
+        assert seen == [4, 2]
+    finally:
+        batcher.close()
 
 
-# --- v2 binary tensor data ----------------------------------------------------------------------
-
-
-def binary_request(
-    images: np.ndarray, dtype: str = "<f4", **tensor_extra: Any
-) -> tuple[bytes, dict[str, str]]:
-    raw = np.ascontiguousarray(images, dtype=dtype).tobytes()
-    tensor = {
-        "name": "images",
-        "shape": list(images.shape),
-        "datatype": "FP32" if dtype == "<f4" else "FP64",
-        "parameters": {"binary_data_size": len(raw)},
-        **tensor_extra,
-    }
-    header = json.dumps({"inputs": [tensor], "id": "bin-1"}).encode()
-    return header + raw, {BINARY_HEADER: str(len(header))}
-
-
-def post_binary(client: FlaskClient, body: bytes, headers: dict[str, str]) -> Any:
-    return client.post(V2, data=body, headers=headers, content_type="application/octet-stream")
-
-
-def reason_of(response: Any, status: int) -> str:
-    assert response.status_code == status, response.get_data(as_text=True)
-    reason: str = response.get_json()["reason"]
-    return reason
-
-
-@pytest.mark.parametrize("dtype", ["<f4", "<f8"])
-def test_binary_tensor_data_is_read_like_json_data(server_client: FlaskClient, dtype: str) -> None:
-    images = np.stack([image_with_digit(d) for d in (3, 8, 1)]).astype(np.float32)
-    body, headers = binary_request(images, dtype)
-    response = post_binary(server_client, body, headers)
-    assert response.status_code == 200, response.get_data(as_text=True)
-    answer = response.get_json()
-    assert answer["id"] == "bin-1"
-    output = answer["outputs"][0]
-    assert output["shape"] == [3, 10]
-    assert np.reshape(output["data"], (3, 10)).argmax(axis=1).tolist() == fake_digits(images).tolist()
-
-
-def test_binary_header_length_must_fit_the_body(server_client: FlaskClient) -> None:
-    body, _ = binary_request(np.zeros((1, 28, 28), np.float32))
-    for value in ("abc", "-5", str(len(body) + 1)):
-        response = post_binary(server_client, body, {BINARY_HEADER: value})
-        assert reason_of(response, 400) == "bad_request"
-        assert BINARY_HEADER in response.get_json()["error"]
-
-
-def test_binary_size_must_match_the_bytes_that_follow(server_client: FlaskClient) -> None:
-    body, headers = binary_request(np.zeros((1, 28, 28), np.float32))
-    assert reason_of(post_binary(server_client, body[:-4], headers), 400) == "wrong_shape"
-    assert reason_of(post_binary(server_client, body + b"\0" * 4, headers), 400) == "wrong_shape"
-
-
-def test_binary_bytes_must_be_whole_values_and_match_the_shape(server_client: FlaskClient) -> None:
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "shape": [1, 28, 28],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": 6},
-                }
-            ]
-        }
-    ).encode()
-    response = post_binary(server_client, header + b"\0" * 6, {BINARY_HEADER: str(len(header))})
-    assert reason_of(response, 400) == "wrong_shape"
-    assert "whole number" in response.get_json()["error"]
-    body, headers = binary_request(np.zeros((2, 28, 28), np.float32))
-    wrong_shape = body.replace(b"[2, 28, 28]", b"[3, 28, 28]")
-    assert reason_of(post_binary(server_client, wrong_shape, headers), 400) == "wrong_shape"
-
-
-def test_binary_and_json_data_cannot_be_mixed(server_client: FlaskClient) -> None:
-    body, headers = binary_request(np.zeros((1, 28, 28), np.float32), data=[0.0] * 784)
-    assert reason_of(post_binary(server_client, body, headers), 400) == "bad_request"
-    # Bytes after the header, but the tensor announces none.
-    plain = json.dumps(
-        {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
-    ).encode()
-    response = post_binary(server_client, plain + b"\0" * 8, {BINARY_HEADER: str(len(plain))})
-    assert reason_of(response, 400) == "bad_request"
-    # Binary announced, but no header saying where the JSON ends.
-    tensor = {
-        "name": "images",
-        "shape": [1, 28, 28],
-        "datatype": "FP32",
-        "parameters": {"binary_data_size": 3136},
-    }
-    response = server_client.post(V2, json={"inputs": [tensor]})
-    assert reason_of(response, 400) == "bad_request"
-    assert BINARY_HEADER in response.get_json()["error"]
-
-
-def test_binary_pixels_are_validated_like_json_pixels(server_client: FlaskClient) -> None:
-    images = np.zeros((1, 28, 28), np.float32)
-    images[0, 3, 3] = np.nan
-    assert reason_of(post_binary(server_client, *binary_request(images)), 400) == "non_finite"
-    images[0, 3, 3] = 2.0
-    assert reason_of(post_binary(server_client, *binary_request(images)), 400) == "out_of_range"
-
-
-def test_a_model_that_answers_wrongly_is_a_500_not_a_retryable_503(
-    server_tiny_model_root: Path, server_make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model = batched(server_tiny_model_root)
-    model.load()
-    client = server_make_app(model).test_client()
-    assert model._batcher is not None
-    monkeypatch.setattr(model._batcher, "_predict", lambda images: np.zeros((1, 10), np.float32))
-
-    response = client.post("/predict", json={"inputs": np.zeros((3, 28, 28)).tolist()})
-
-    assert response.status_code == 500
-    assert response.headers.get("Retry-After") is None
-    assert response.get_json() == {
-        "error": "the model answered wrongly (the model returned 1 rows for a batch of 3 images); "
-        "this is a server fault, not a bad request",
-        "reason": "internal",
-    }
-    model.close()
-
-
-def test_a_model_call_stuck_beyond_the_request_timeout_fails_readiness_until_it_returns(
-    server_tiny_model_root: Path, server_make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model = SavedModel(
-        resolve(server_tiny_model_root, "mnist", "1"),
-        batching=BatchingConfig(max_batch_size=8, timeout_s=1.0),
-    )
-    model.load()
-    client = server_make_app(model).test_client()
-    assert model._batcher is not None
-    runner = model._batcher._predict
-    entered, release = threading.Event(), threading.Event()
-
-    def wedged(images: np.ndarray) -> np.ndarray:
-        entered.set()
-        assert release.wait(30)
-        return runner(images)
-
-    monkeypatch.setattr(model._batcher, "_predict", wedged)
-    image = {"inputs": np.zeros((28, 28)).tolist()}
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        stuck = pool.submit(client.post, "/predict", json=image)  # runs the model in its own thread
-        assert entered.wait(30)
-        assert client.get("/readyz").status_code == 200  # a call in progress is not yet stuck
-        # Requests queued behind it give up after the timeout, and readiness fails from then on.
-        queued = client.post("/predict", json=image)
-        assert (queued.status_code, queued.get_json()["reason"]) == (503, "overloaded")
-        for path in ("/readyz", "/v2/health/ready", "/v2/models/mnist/ready"):
-            response = client.get(path)
-            assert response.status_code == 503, path
-            assert response.get_json()["reason"] == "not_ready"
-            assert "the model looks stuck" in response.get_json()["error"]
-        assert client.get("/healthz").status_code == 200
-        release.set()
-        assert stuck.result(30).status_code == 200
-    assert client.get("/readyz").status_code == 200
-    model.close()
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size must be at least 1"),
+        ({"max_wait_s": -0.001}, "max_wait_s must be within"),
+        ({"max_batch_size": 64, "max_queue_images": 10}, "max_queue_images"),
+        ({"timeout_s": 0}, "timeout_s must be positive"),
+    ],
+)
+def test_config_is_validated(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BatchingConfig(**kwargs)  # type: ignore[arg-type]

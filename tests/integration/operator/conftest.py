@@ -6,46 +6,28 @@
 - `op_start`: starts `mnist-operator` as a subprocess with the cluster's operator kubeconfig
   (its own identity in the audit log), watching the given namespaces; stopped at teardown.
 - `op_kube`: kubectl and API helpers scoped to the test's namespace.
+The classes behind the last two, and their types for the tests, are in operator_support.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import urllib.request
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
-import testkit
-import yaml
 
-from localcluster import OPERATOR_USER, REPO_ROOT, LocalCluster
+from localcluster import REPO_ROOT, LocalCluster
 
-T = TypeVar("T")
+sys.path.insert(0, str(Path(__file__).parent))
+from operator_support import Kube, OperatorProcess, StartOperator
+
 FIXTURE_CRDS = REPO_ROOT / "tests" / "fixtures" / "crds"
 OPTIONAL_CRDS = {
     "routes.route.openshift.io": FIXTURE_CRDS / "route.openshift.io_routes.yaml",
     "servicemonitors.monitoring.coreos.com": FIXTURE_CRDS / "monitoring.coreos.com_servicemonitors.yaml",
 }
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:
-    """testkit.wait_for with the longer default that operator round trips need."""
-    return testkit.wait_for(probe, what, timeout, interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -92,87 +74,10 @@ def plain_apis(cluster: LocalCluster) -> Iterator[None]:
         yield
 
 
-class OperatorProcess:
-    """`mnist-operator` in a subprocess, as it runs in its Deployment (but on 127.0.0.1)."""
-
-    def __init__(
-        self, cluster: LocalCluster, namespaces: list[str], log_path: Path, env: dict[str, str]
-    ) -> None:
-        self.cluster = cluster
-        self.log_path = log_path
-        self.health_port = free_port()
-        self.metrics_port = free_port()
-        pythonpath = os.pathsep.join([str(REPO_ROOT / "operator"), os.environ.get("PYTHONPATH", "")])
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.operator_kubeconfig),
-            "PYTHONPATH": pythonpath,
-            "MNIST_OPERATOR_NAMESPACES": ",".join(namespaces),
-            "MNIST_OPERATOR_BIND_ADDRESS": "127.0.0.1",
-            "MNIST_OPERATOR_HEALTH_PORT": str(self.health_port),
-            "MNIST_OPERATOR_METRICS_PORT": str(self.metrics_port),
-            "MNIST_OPERATOR_IMAGE": "mnist-server:test",
-            "MNIST_OPERATOR_DISCOVERY_TTL_SECONDS": "2",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> OperatorProcess:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mnist_operator.main"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(self.healthy, f"the operator's liveness endpoint (log: {self.log_path})", timeout=30)
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def healthy(self) -> bool:
-        if not self.alive():
-            pytest.fail(f"the operator exited with {self.proc and self.proc.returncode}:\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            return str(resp.read().decode())
-
-    def metric(self, name: str, labels: str = "") -> float:
-        """Sum of a metric's samples whose label set contains `labels` (e.g. 'result="success"')."""
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if (line.startswith(name + "{") or line.startswith(name + " ")) and labels in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def log_tail(self, lines: int = 60) -> str:
-        with contextlib.suppress(FileNotFoundError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
 @pytest.fixture
 def op_start(
     cluster: LocalCluster, mnist_crd: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., OperatorProcess]]:
+) -> Iterator[StartOperator]:
     started: list[OperatorProcess] = []
 
     def start(*namespaces: str, **env: str) -> OperatorProcess:
@@ -197,93 +102,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, f"rep_{report.when}", report)
-
-
-class Kube:
-    """kubectl and API helpers for one namespace."""
-
-    wait_for = staticmethod(wait_for)
-
-    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        return self.cluster.kubectl("-n", self.namespace, *args, input=input, check=check)
-
-    def apply(self, obj: dict[str, Any] | str) -> None:
-        text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
-        self.kubectl("apply", "-f", "-", input=text)
-
-    def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        done = self.kubectl("get", kind, name, "-o", "json", "--ignore-not-found")
-        return json.loads(done.stdout) if done.stdout.strip() else None
-
-    def merge_patch(self, kind: str, name: str, patch: dict[str, Any]) -> None:
-        self.kubectl("patch", kind, name, "--type=merge", "-p", json.dumps(patch))
-
-    def model(self, name: str) -> dict[str, Any]:
-        body = self.get("mnistmodel", name)
-        assert body is not None, f"MnistModel {name} not found"
-        return body
-
-    def conditions(self, name: str) -> dict[str, dict[str, Any]]:
-        return {c["type"]: c for c in (self.model(name).get("status") or {}).get("conditions") or []}
-
-    def wait_ready(self, name: str, *, version: str | None = None, timeout: float = 90.0) -> dict[str, Any]:
-        def ready() -> dict[str, Any] | None:
-            body = self.model(name)
-            status = body.get("status") or {}
-            conds = {c["type"]: c for c in status.get("conditions") or []}
-            ok = (
-                conds.get("Ready", {}).get("status") == "True"
-                and status.get("observedGeneration") == body["metadata"]["generation"]
-                and (version is None or status.get("modelVersion") == version)
-            )
-            return body if ok else None
-
-        return wait_for(
-            ready, f"MnistModel {name} Ready" + (f" serving {version}" if version else ""), timeout
-        )
-
-    def wait_condition(
-        self, name: str, type_: str, status: str, reason: str | None = None, timeout: float = 60.0
-    ) -> dict[str, Any]:
-        def match() -> dict[str, Any] | None:
-            cond = self.conditions(name).get(type_) or {}
-            ok = cond.get("status") == status and (reason is None or cond.get("reason") == reason)
-            return cond if ok else None
-
-        return wait_for(match, f"{name}: {type_}={status} {reason or ''}", timeout)
-
-    def wait_gone(self, kind: str, name: str, timeout: float = 60.0) -> None:
-        wait_for(lambda: self.get(kind, name) is None, f"{kind}/{name} to be deleted", timeout)
-
-    def wait_exists(self, kind: str, name: str, timeout: float = 60.0) -> dict[str, Any]:
-        return wait_for(lambda: self.get(kind, name), f"{kind}/{name} to exist", timeout)
-
-    def events(self, name: str) -> list[tuple[str, str, str]]:
-        done = self.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
-        return [
-            (e["type"], e["reason"], e["message"])
-            for e in json.loads(done.stdout)["items"]
-            if e["involvedObject"]["kind"] == "MnistModel"
-        ]
-
-    def operator_writes(self, since: datetime) -> list[dict[str, Any]]:
-        """Write requests the operator's identity made in this namespace since `since` (audit log)."""
-
-        def mine(event: dict[str, Any]) -> bool:
-            when = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
-            return (
-                event.get("user", {}).get("username") == OPERATOR_USER
-                and event.get("objectRef", {}).get("namespace") == self.namespace
-                and when >= since
-            )
-
-        return self.cluster.audit_events(mine)
 
 
 @pytest.fixture

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from localcluster import REPO_ROOT
+from localcluster import REPO_ROOT, LocalCluster
+
+sys.path.insert(0, str(Path(__file__).parent))
+from operator_support import Kube, StartOperator
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -47,7 +51,7 @@ def owned_by_model(obj: dict[str, Any], model: dict[str, Any]) -> bool:
 
 
 def test_samples_reach_ready_with_route_and_service_monitor_apis(
-    op_kube: Any, op_start: Callable[..., Any], openshift_apis: None
+    op_kube: Kube, op_start: StartOperator, openshift_apis: None
 ) -> None:
     op_start(op_kube.namespace)
     op_kube.kubectl("apply", "-k", str(SAMPLES))
@@ -100,7 +104,7 @@ def test_samples_reach_ready_with_route_and_service_monitor_apis(
 
 
 def test_plain_kubernetes_gets_an_ingress_and_a_missing_api_condition_then_the_crd_arrives(
-    op_kube: Any, op_start: Callable[..., Any], plain_apis: None, cluster: Any
+    op_kube: Kube, op_start: StartOperator, plain_apis: None, cluster: LocalCluster
 ) -> None:
     operator = op_start(op_kube.namespace)
     op_kube.kubectl("apply", "-f", str(SAMPLES / "exposed-tls.yaml"), "-f", str(SAMPLES / "monitored.yaml"))
@@ -141,7 +145,7 @@ def test_plain_kubernetes_gets_an_ingress_and_a_missing_api_condition_then_the_c
 
 
 def watch_model(
-    op_kube: Any, name: str
+    op_kube: Kube, name: str
 ) -> tuple[subprocess.Popen[str], list[dict[str, Any]], threading.Thread]:
     """Every version of the MnistModel the API server hands out, as it happens."""
     proc = subprocess.Popen(
@@ -180,7 +184,7 @@ def watch_model(
 
 
 def test_changing_model_version_rolls_out_and_ready_is_never_true_in_between(
-    op_kube: Any, op_start: Callable[..., Any]
+    op_kube: Kube, op_start: StartOperator
 ) -> None:
     op_start(op_kube.namespace)
     op_kube.apply(mnist("rolling", replicas=3))
@@ -226,7 +230,7 @@ def test_changing_model_version_rolls_out_and_ready_is_never_true_in_between(
     assert any(r == "RolloutStarted" and "version 2" in m for _, r, m in op_kube.events("rolling"))
 
 
-def test_a_label_edit_on_the_model_does_not_roll_pods(op_kube: Any, op_start: Callable[..., Any]) -> None:
+def test_a_label_edit_on_the_model_does_not_roll_pods(op_kube: Kube, op_start: StartOperator) -> None:
     op_start(op_kube.namespace)
     op_kube.apply(mnist("labels"))
     op_kube.wait_ready("labels")
@@ -243,9 +247,7 @@ def test_a_label_edit_on_the_model_does_not_roll_pods(op_kube: Any, op_start: Ca
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
 
 
-def test_kubectl_scale_and_switching_to_autoscaling_and_back(
-    op_kube: Any, op_start: Callable[..., Any]
-) -> None:
+def test_kubectl_scale_and_switching_to_autoscaling_and_back(op_kube: Kube, op_start: StartOperator) -> None:
     op_start(op_kube.namespace)
     op_kube.apply(mnist("scaled"))
     op_kube.wait_ready("scaled")
@@ -279,7 +281,7 @@ def test_kubectl_scale_and_switching_to_autoscaling_and_back(
 
 
 def test_turning_exposure_and_monitoring_off_deletes_those_children(
-    op_kube: Any, op_start: Callable[..., Any], openshift_apis: None
+    op_kube: Kube, op_start: StartOperator, openshift_apis: None
 ) -> None:
     op_start(op_kube.namespace)
     op_kube.apply(
@@ -301,7 +303,7 @@ def test_turning_exposure_and_monitoring_off_deletes_those_children(
     assert op_kube.get("deployment", "toggled") is not None
 
 
-def test_hand_made_drift_is_corrected_within_seconds(op_kube: Any, op_start: Callable[..., Any]) -> None:
+def test_hand_made_drift_is_corrected_within_seconds(op_kube: Kube, op_start: StartOperator) -> None:
     op_start(op_kube.namespace)
     op_kube.apply(mnist("drifting"))
     op_kube.wait_ready("drifting")
@@ -342,7 +344,7 @@ def test_hand_made_drift_is_corrected_within_seconds(op_kube: Any, op_start: Cal
 
 
 def test_deleting_the_model_deletes_every_child(
-    op_kube: Any, op_start: Callable[..., Any], openshift_apis: None
+    op_kube: Kube, op_start: StartOperator, openshift_apis: None
 ) -> None:
     op_start(op_kube.namespace)
     op_kube.apply(
@@ -367,7 +369,7 @@ def test_deleting_the_model_deletes_every_child(
 
 
 def test_restart_and_resync_write_nothing_and_duplicate_nothing(
-    op_kube: Any, op_start: Callable[..., Any], openshift_apis: None
+    op_kube: Kube, op_start: StartOperator, openshift_apis: None
 ) -> None:
     first = op_start(op_kube.namespace)
     op_kube.kubectl("apply", "-k", str(SAMPLES))
@@ -476,14 +478,14 @@ BAD_MODELS = [
 
 @pytest.mark.parametrize(("body", "message"), BAD_MODELS, ids=[b["metadata"]["name"] for b, _ in BAD_MODELS])
 def test_the_api_server_rejects_bad_input_naming_the_field(
-    op_kube: Any, body: dict[str, Any], message: str
+    op_kube: Kube, body: dict[str, Any], message: str
 ) -> None:
     done = op_kube.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body), check=False)
     assert done.returncode != 0, f"accepted: {body}"
     assert message in done.stderr
 
 
-def test_good_input_is_accepted_with_defaults(op_kube: Any) -> None:
+def test_good_input_is_accepted_with_defaults(op_kube: Kube) -> None:
     done = op_kube.kubectl(
         "create",
         "--dry-run=server",
@@ -501,14 +503,14 @@ def test_good_input_is_accepted_with_defaults(op_kube: Any) -> None:
     assert "replicas" not in spec
 
 
-def test_kubectl_explain_teaches_the_api(op_kube: Any) -> None:
+def test_kubectl_explain_teaches_the_api(op_kube: Kube) -> None:
     explained = op_kube.kubectl("explain", "mnistmodel.spec.exposure.tls").stdout
     assert "edge: TLS ends at the router or ingress controller" in explained
     printed = op_kube.kubectl("get", "mnistmodels").stderr + op_kube.kubectl("get", "mm", "-o", "wide").stdout
     assert "No resources found" in printed or "VERSION" in printed
 
 
-def test_operator_reports_metrics_and_liveness(op_kube: Any, op_start: Callable[..., Any]) -> None:
+def test_operator_reports_metrics_and_liveness(op_kube: Kube, op_start: StartOperator) -> None:
     operator = op_start(op_kube.namespace)
     op_kube.apply(mnist("measured"))
     op_kube.wait_ready("measured")
@@ -520,7 +522,7 @@ def test_operator_reports_metrics_and_liveness(op_kube: Any, op_start: Callable[
     assert "mnist_operator_reconcile_errors_total" in text
 
 
-def test_a_crash_looping_pod_is_reported_with_its_reason(op_kube: Any, op_start: Callable[..., Any]) -> None:
+def test_a_crash_looping_pod_is_reported_with_its_reason(op_kube: Kube, op_start: StartOperator) -> None:
     op_start(op_kube.namespace)
     op_kube.apply(mnist("crashy"))
     op_kube.wait_ready("crashy")

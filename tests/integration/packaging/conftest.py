@@ -26,7 +26,7 @@ import yaml
 from localcluster import REPO_ROOT, LocalCluster
 
 sys.path.insert(0, str(Path(__file__).parent))
-from packaging_support import CRD_FILES, ROUTE_CRD, Render, crd_present, set_crd
+from packaging_support import CRD_FILES, ROUTE_CRD, MakeNamespace, Render, crd_present, set_crd
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def pkg_route_api(
 
 
 @pytest.fixture
-def pkg_namespaces(cluster: LocalCluster) -> Iterator[Callable[..., str]]:
+def pkg_namespaces(cluster: LocalCluster) -> Iterator[MakeNamespace]:
     created: list[str] = []
 
     def create(stem: str, labels: dict[str, str] | None = None) -> str:

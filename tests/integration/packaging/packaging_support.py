@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from localcluster import REPO_ROOT, LocalCluster
 
@@ -20,6 +20,12 @@ CRD_FILES = {
 ROUTE_CRD = "routes.route.openshift.io"
 
 Render = Callable[[Path], list[dict[str, Any]]]
+
+
+class MakeNamespace(Protocol):
+    """The `pkg_namespaces` fixture: a namespace named `<stem>-<random>`, deleted after the test."""
+
+    def __call__(self, stem: str, labels: dict[str, str] | None = None) -> str: ...
 
 
 def crd_present(cluster: LocalCluster, name: str) -> bool:

@@ -25,7 +25,7 @@ from mnist_operator.settings import OperatorSettings
 from mnist_operator.spec import parse_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from packaging_support import Render
+from packaging_support import MakeNamespace, Render
 
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -39,7 +39,7 @@ SAMPLES = sorted(
 
 
 @pytest.fixture
-def restricted(cluster: LocalCluster, pkg_namespaces: Any) -> str:
+def restricted(cluster: LocalCluster, pkg_namespaces: MakeNamespace) -> str:
     name: str = pkg_namespaces("restricted", RESTRICTED)
     # The pods name their ServiceAccounts, which must exist for admission to go on.
     cluster.kubectl("create", "serviceaccount", "mnist-operator", "-n", name)

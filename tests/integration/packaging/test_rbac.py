@@ -13,6 +13,7 @@ the operator must never have been refused anything; requests outside the RBAC ar
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -23,6 +24,9 @@ import pytest
 from demo import DemoError, install_rbac, service_account_kubeconfig, start_operator, wait_for
 
 from localcluster import LocalCluster
+
+sys.path.insert(0, str(Path(__file__).parent))
+from packaging_support import MakeNamespace
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +80,7 @@ class Account:
 
 @pytest.fixture
 def account_for(
-    cluster: LocalCluster, pkg_namespaces: Callable[..., str], tmp_path: Path
+    cluster: LocalCluster, pkg_namespaces: MakeNamespace, tmp_path: Path
 ) -> Iterator[Callable[[str], Account]]:
     made: list[Account] = []
 
@@ -114,7 +118,7 @@ def test_operator_runs_with_only_the_shipped_rbac(  # noqa: PLR0917 (pytest fixt
     cluster: LocalCluster,
     pkg_crds: None,
     pkg_route_api: Callable[[bool], AbstractContextManager[None]],
-    pkg_namespaces: Callable[..., str],
+    pkg_namespaces: MakeNamespace,
     account_for: Callable[[str], Account],
     tmp_path: Path,
 ) -> None:
@@ -216,7 +220,7 @@ def test_requests_outside_the_rbac_are_refused(
     cluster: LocalCluster,
     pkg_crds: None,
     account_for: Callable[[str], Account],
-    pkg_namespaces: Callable[..., str],
+    pkg_namespaces: MakeNamespace,
 ) -> None:
     account = account_for("ingress")
     apps = pkg_namespaces("models")
