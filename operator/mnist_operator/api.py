@@ -16,6 +16,10 @@ FIELD_MANAGER = "mnist-operator"
 HANDOVER_FIELD_MANAGER = "mnist-operator-handover"
 USER_AGENT = "mnist-operator"
 
+# Node labels the server pods are spread over (zones only where the nodes carry the label).
+TOPOLOGY_NODE = "kubernetes.io/hostname"
+TOPOLOGY_ZONE = "topology.kubernetes.io/zone"
+
 # Labels on every child (and on the pods).
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
@@ -82,6 +86,7 @@ INGRESS = ResourceKind("networking.k8s.io", "v1", "Ingress", "ingresses")
 ROUTE = ResourceKind("route.openshift.io", "v1", "Route", "routes")
 SERVICE_MONITOR = ResourceKind("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
 HPA = ResourceKind("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+PDB = ResourceKind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets")
 POD = ResourceKind("", "v1", "Pod", "pods")
 EVENT = ResourceKind("", "v1", "Event", "events")
 CRD = ResourceKind(
@@ -89,7 +94,7 @@ CRD = ResourceKind(
 )
 
 # Every kind of child, in apply order (the Service before what points at it).
-CHILD_KINDS = (DEPLOYMENT, SERVICE, INGRESS, ROUTE, SERVICE_MONITOR, HPA)
+CHILD_KINDS = (DEPLOYMENT, SERVICE, INGRESS, ROUTE, SERVICE_MONITOR, HPA, PDB)
 # Kinds whose API may be absent from a cluster; discovered at run time.
 OPTIONAL_KINDS = (ROUTE, SERVICE_MONITOR)
 KINDS_BY_KIND = {k.kind: k for k in (*CHILD_KINDS, MNISTMODEL, POD, EVENT)}

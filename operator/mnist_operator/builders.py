@@ -27,6 +27,9 @@ TMP_SIZE_LIMIT = "256Mi"
 # What the server needs after SIGTERM to finish in-flight requests and exit (its own graceful
 # timeout is 25 s); the pod's grace period is the preStop pause plus this.
 SERVER_SHUTDOWN_SECONDS = 30
+# With one replica a budget either blocks every node drain (minAvailable 1) or protects nothing.
+MIN_REPLICAS_FOR_BUDGET = 2
+_WHEN_UNSATISFIABLE = {"Required": "DoNotSchedule", "Preferred": "ScheduleAnyway"}
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ def desired(
         children.append(service_monitor(spec, owner))
     if spec.autoscaling is not None:
         children.append(horizontal_pod_autoscaler(spec, owner))
+    if spec.availability.disruption_budget and spec.min_replicas >= MIN_REPLICAS_FOR_BUDGET:
+        children.append(pod_disruption_budget(spec, owner))
     return children
 
 
@@ -148,14 +153,14 @@ def deployment(spec: MnistModelSpec, owner: Owner, settings: OperatorSettings) -
             "template": {
                 # Only the standard labels: a label edit on the MnistModel must not restart pods.
                 "metadata": {"labels": standard_labels(owner, spec)},
-                "spec": _pod_spec(spec, settings),
+                "spec": _pod_spec(spec, owner, settings),
             },
         }
     )
     return _child(api.DEPLOYMENT, _metadata(owner, spec), deploy_spec)
 
 
-def _pod_spec(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, Any]:
+def _pod_spec(spec: MnistModelSpec, owner: Owner, settings: OperatorSettings) -> dict[str, Any]:
     pod: dict[str, Any] = {
         # The server never talks to the Kubernetes API.
         "automountServiceAccountToken": False,
@@ -170,7 +175,40 @@ def _pod_spec(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, Any
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         pod["tolerations"] = [_plain(t) for t in spec.tolerations]
+    spread = topology_spread(spec, owner)
+    if spread:
+        pod["topologySpreadConstraints"] = spread
     return pod
+
+
+def topology_spread(spec: MnistModelSpec, owner: Owner) -> list[dict[str, Any]]:
+    """Replicas spread over nodes, then zones, so that one node or zone going away takes few.
+
+    The same whatever the replica count: a scale-up must not change the pod template (that would
+    roll every pod). Only pods of the same ReplicaSet count (pod-template-hash), so a rollout's new
+    pods are spread among themselves rather than around the old ones about to go; nodes whose taints
+    the pods do not tolerate are no spreading domain (they would hold the skew at 0 forever).
+    Nodes without a zone label are simply not scored for the zone spread.
+    """
+    availability = spec.availability
+    constraints = []
+    for key, mode in (
+        (api.TOPOLOGY_NODE, availability.spread_nodes),
+        (api.TOPOLOGY_ZONE, availability.spread_zones),
+    ):
+        if mode == "None":
+            continue
+        constraints.append(
+            {
+                "maxSkew": 1,
+                "topologyKey": key,
+                "whenUnsatisfiable": _WHEN_UNSATISFIABLE[mode],
+                "labelSelector": {"matchLabels": selector_labels(owner)},
+                "matchLabelKeys": ["pod-template-hash"],
+                "nodeTaintsPolicy": "Honor",
+            }
+        )
+    return constraints
 
 
 def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
@@ -329,6 +367,21 @@ def horizontal_pod_autoscaler(spec: MnistModelSpec, owner: Owner) -> dict[str, A
                     },
                 }
             ],
+        },
+    )
+
+
+def pod_disruption_budget(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:
+    """A node drain evicts at most maxUnavailable of the model's pods at a time, waiting for their
+    replacements to be ready; pods that are not ready anyway (crash-looping) may always go, so a
+    broken pod never blocks a drain."""
+    return _child(
+        api.PDB,
+        _metadata(owner, spec),
+        {
+            "maxUnavailable": spec.availability.max_unavailable,
+            "selector": {"matchLabels": selector_labels(owner)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     )
 

@@ -17,6 +17,11 @@ from mnist_operator import api
 
 TLSMode = Literal["none", "edge", "reencrypt"]
 TLS_MODES: tuple[TLSMode, ...] = ("none", "edge", "reencrypt")
+# Required: a pod that cannot be placed without piling up waits (DoNotSchedule); Preferred: the
+# scheduler spreads where it can (ScheduleAnyway); None: no constraint (a plain string in YAML,
+# unlike Off, which YAML 1.1 reads as false).
+SpreadMode = Literal["Required", "Preferred", "None"]
+SPREAD_MODES: tuple[SpreadMode, ...] = ("Required", "Preferred", "None")
 IntOrPercent = int | str
 
 MODEL_VERSION_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
@@ -67,6 +72,18 @@ class ServiceMonitorSpec:
 
 
 @dataclass(frozen=True)
+class Availability:
+    """How the model stays up while nodes are drained or fail."""
+
+    # A PodDisruptionBudget while the model runs 2 or more replicas (never with one: a budget
+    # there either blocks every drain or protects nothing).
+    disruption_budget: bool = True
+    max_unavailable: IntOrPercent = 1
+    spread_nodes: SpreadMode = "Preferred"
+    spread_zones: SpreadMode = "Preferred"
+
+
+@dataclass(frozen=True)
 class EnvVar:
     name: str
     value: str | None = None
@@ -89,12 +106,20 @@ class MnistModelSpec:
     rollout: Rollout = field(default_factory=Rollout)
     exposure: Exposure = field(default_factory=Exposure)
     service_monitor: ServiceMonitorSpec = field(default_factory=ServiceMonitorSpec)
+    availability: Availability = field(default_factory=Availability)
 
     @property
     def fixed_replicas(self) -> int | None:
         """The Deployment's replica count, or None when the HPA owns it."""
         if self.autoscaling is not None:
             return None
+        return DEFAULT_REPLICAS if self.replicas is None else self.replicas
+
+    @property
+    def min_replicas(self) -> int:
+        """The fewest replicas the model runs: its replica count, or the HPA's minimum."""
+        if self.autoscaling is not None:
+            return self.autoscaling.min_replicas
         return DEFAULT_REPLICAS if self.replicas is None else self.replicas
 
 
@@ -132,6 +157,7 @@ def parse_spec(raw: Mapping[str, Any] | None) -> MnistModelSpec:
         rollout=_rollout(raw.get("rollout")),
         exposure=_exposure(raw.get("exposure")),
         service_monitor=_service_monitor(raw.get("monitoring")),
+        availability=_availability(raw.get("availability")),
     )
 
 
@@ -155,8 +181,8 @@ def _autoscaling(raw: Any) -> Autoscaling | None:
 
 def _rollout(raw: Any) -> Rollout:
     section = _section(raw, "rollout")
-    surge = _int_or_percent(section, "maxSurge", Rollout.max_surge)
-    unavailable = _int_or_percent(section, "maxUnavailable", Rollout.max_unavailable)
+    surge = _int_or_percent(section, "maxSurge", Rollout.max_surge, prefix="rollout.")
+    unavailable = _int_or_percent(section, "maxUnavailable", Rollout.max_unavailable, prefix="rollout.")
     if surge in (0, "0%") and unavailable in (0, "0%"):
         raise SpecError("rollout.maxUnavailable", "maxSurge and maxUnavailable cannot both be 0")
     deadline = _int(section, "progressDeadlineSeconds", minimum=1, prefix="rollout.")
@@ -196,6 +222,28 @@ def _service_monitor(raw: Any) -> ServiceMonitorSpec:
     if not isinstance(enabled, bool):
         raise SpecError(f"{prefix}enabled", "must be a boolean")
     return ServiceMonitorSpec(enabled, interval, _str_map(section, "labels", prefix=prefix))
+
+
+def _availability(raw: Any) -> Availability:
+    section = _section(raw, "availability")
+    prefix = "availability.podDisruptionBudget."
+    budget = _section(section.get("podDisruptionBudget"), prefix[:-1])
+    enabled = budget.get("enabled", Availability.disruption_budget)
+    if not isinstance(enabled, bool):
+        raise SpecError(f"{prefix}enabled", "must be a boolean")
+    unavailable = _int_or_percent(budget, "maxUnavailable", Availability.max_unavailable, prefix=prefix)
+    if unavailable in (0, "0%"):
+        raise SpecError(f"{prefix}maxUnavailable", "must be at least 1 or 1%: 0 would block every node drain")
+    spread = _section(section.get("topologySpread"), "availability.topologySpread")
+    modes: dict[str, SpreadMode] = {}
+    for key, default in (("nodes", Availability.spread_nodes), ("zones", Availability.spread_zones)):
+        mode = _str(spread, key, prefix="availability.topologySpread.") or default
+        if mode not in SPREAD_MODES:
+            raise SpecError(
+                f"availability.topologySpread.{key}", f"{mode!r} is not one of {', '.join(SPREAD_MODES)}"
+            )
+        modes[key] = mode
+    return Availability(enabled, unavailable, modes["nodes"], modes["zones"])
 
 
 def _env(raw: Any) -> tuple[EnvVar, ...]:
@@ -268,14 +316,14 @@ def _int(raw: Mapping[str, Any], key: str, *, minimum: int, prefix: str = "") ->
     return value
 
 
-def _int_or_percent(raw: Mapping[str, Any], key: str, default: IntOrPercent) -> IntOrPercent:
+def _int_or_percent(raw: Mapping[str, Any], key: str, default: IntOrPercent, *, prefix: str) -> IntOrPercent:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise SpecError(f"rollout.{key}", "must be an integer or a percentage")
+        raise SpecError(prefix + key, "must be an integer or a percentage")
     if isinstance(value, int) and value < 0:
-        raise SpecError(f"rollout.{key}", "must not be negative")
+        raise SpecError(prefix + key, "must not be negative")
     if isinstance(value, str) and not PERCENT_PATTERN.match(value):
-        raise SpecError(f"rollout.{key}", f"{value!r} is not a percentage such as 25%")
+        raise SpecError(prefix + key, f"{value!r} is not a percentage such as 25%")
     return value
 
 

@@ -60,6 +60,23 @@ def build(spec: dict[str, Any], caps: api.Capabilities = PLAIN) -> dict[str, dic
             PLAIN,
             ["Deployment", "Service", "HorizontalPodAutoscaler"],
         ),
+        # A budget from 2 replicas on (with autoscaling: from minReplicas 2), unless turned off.
+        ({"modelVersion": "1", "replicas": 2}, PLAIN, ["Deployment", "Service", "PodDisruptionBudget"]),
+        (
+            {"modelVersion": "1", "autoscaling": {"minReplicas": 2, "maxReplicas": 3}},
+            PLAIN,
+            ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"],
+        ),
+        (
+            {
+                "modelVersion": "1",
+                "replicas": 5,
+                "availability": {"podDisruptionBudget": {"enabled": False}},
+            },
+            PLAIN,
+            ["Deployment", "Service"],
+        ),
+        ({"modelVersion": "1", "replicas": 0}, PLAIN, ["Deployment", "Service"]),
     ],
 )
 def test_children_depend_on_spec_and_capabilities(
@@ -233,6 +250,52 @@ def test_with_autoscaling_the_deployment_leaves_replicas_to_the_hpa() -> None:
             }
         ],
     }
+
+
+def test_pod_disruption_budget_selects_the_pods_and_never_blocks_on_broken_ones() -> None:
+    budget = build({"modelVersion": "1", "replicas": 3})["PodDisruptionBudget"]
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {
+            "matchLabels": {"app.kubernetes.io/name": "mnist-server", "app.kubernetes.io/instance": "digits"}
+        },
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    custom = {"podDisruptionBudget": {"maxUnavailable": "50%"}}
+    budget = build({"modelVersion": "1", "replicas": 4, "availability": custom})["PodDisruptionBudget"]
+    assert budget["spec"]["maxUnavailable"] == "50%"
+
+
+def test_replicas_spread_over_nodes_and_zones_whatever_their_number() -> None:
+    def spread(spec: dict[str, Any]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = build(spec)["Deployment"]["spec"]["template"]["spec"].get(
+            "topologySpreadConstraints", []
+        )
+        return found
+
+    selector = {
+        "matchLabels": {"app.kubernetes.io/name": "mnist-server", "app.kubernetes.io/instance": "digits"}
+    }
+    common = {"maxSkew": 1, "labelSelector": selector, "matchLabelKeys": ["pod-template-hash"]}
+    assert spread({"modelVersion": "1"}) == [
+        {**common, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+         "nodeTaintsPolicy": "Honor"},
+        {**common, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+         "nodeTaintsPolicy": "Honor"},
+    ]  # fmt: skip
+    # Scaling must not change the pod template (that would roll every pod).
+    one = build({"modelVersion": "1", "replicas": 1})["Deployment"]["spec"]["template"]
+    assert build({"modelVersion": "1", "replicas": 7})["Deployment"]["spec"]["template"] == one
+    required = spread(
+        {"modelVersion": "1", "availability": {"topologySpread": {"nodes": "Required", "zones": "None"}}}
+    )
+    assert [(c["topologyKey"], c["whenUnsatisfiable"]) for c in required] == [
+        ("kubernetes.io/hostname", "DoNotSchedule")
+    ]
+    off = {"topologySpread": {"nodes": "None", "zones": "None"}}
+    pod = build({"modelVersion": "1", "availability": off})["Deployment"]["spec"]["template"]["spec"]
+    assert "topologySpreadConstraints" not in pod
 
 
 def test_service_selects_the_pods_on_the_named_port() -> None:

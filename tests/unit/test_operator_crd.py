@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from mnist_operator import api
-from mnist_operator.spec import MODEL_VERSION_PATTERN, ServiceMonitorSpec, parse_spec
+from mnist_operator.spec import MODEL_VERSION_PATTERN, SPREAD_MODES, ServiceMonitorSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "aidevsecops.dev_mnistmodels.yaml"
@@ -146,6 +146,18 @@ def test_schema_defaults_match_the_parser_defaults(spec_schema: dict[str, Any]) 
     assert monitor["interval"]["default"] == ServiceMonitorSpec.interval
     assert monitor["enabled"]["default"] is False
     assert props["exposure"]["properties"]["tls"]["default"] == "none"
+    availability = props["availability"]["properties"]
+    budget = availability["podDisruptionBudget"]["properties"]
+    spread = availability["topologySpread"]["properties"]
+    assert (budget["enabled"]["default"], budget["maxUnavailable"]["default"]) == (
+        parsed.availability.disruption_budget,
+        parsed.availability.max_unavailable,
+    )
+    assert (spread["nodes"]["default"], spread["zones"]["default"]) == (
+        parsed.availability.spread_nodes,
+        parsed.availability.spread_zones,
+    )
+    assert spread["nodes"]["enum"] == spread["zones"]["enum"] == list(SPREAD_MODES)
 
 
 def test_kustomization_lists_the_crd() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from mnist_operator.spec import (
     Autoscaling,
+    Availability,
     Exposure,
     MnistModelSpec,
     Rollout,
@@ -72,6 +73,25 @@ def test_autoscaling_defaults() -> None:
     )
 
 
+def test_availability_defaults_and_the_fewest_replicas_the_model_runs() -> None:
+    spec = parse_spec({"modelVersion": "1"})
+    assert spec.availability == Availability(True, 1, "Preferred", "Preferred")
+    assert spec.min_replicas == 1
+    assert parse_spec({"modelVersion": "1", "replicas": 3}).min_replicas == 3
+    scaled = parse_spec({"modelVersion": "1", "autoscaling": {"minReplicas": 2, "maxReplicas": 9}})
+    assert scaled.min_replicas == 2
+    custom = parse_spec(
+        {
+            "modelVersion": "1",
+            "availability": {
+                "podDisruptionBudget": {"enabled": False, "maxUnavailable": "25%"},
+                "topologySpread": {"nodes": "Required", "zones": "None"},
+            },
+        }
+    )
+    assert custom.availability == Availability(False, "25%", "Required", "None")
+
+
 def test_explicit_zero_replicas_is_kept() -> None:
     assert parse_spec({"modelVersion": "1", "replicas": 0}).fixed_replicas == 0
 
@@ -113,6 +133,22 @@ def test_explicit_zero_replicas_is_kept() -> None:
         ({"modelVersion": "1", "env": [{"value": "2"}]}, "env[0].name"),
         ({"modelVersion": "1", "resources": {"limits": {"cpu": ["1"]}}}, "resources.limits"),
         ({"modelVersion": "1", "nodeSelector": {"a": 1}}, "nodeSelector"),
+        (
+            {"modelVersion": "1", "availability": {"podDisruptionBudget": {"maxUnavailable": 0}}},
+            "availability.podDisruptionBudget.maxUnavailable",
+        ),
+        (
+            {"modelVersion": "1", "availability": {"podDisruptionBudget": {"maxUnavailable": "0%"}}},
+            "availability.podDisruptionBudget.maxUnavailable",
+        ),
+        (
+            {"modelVersion": "1", "availability": {"podDisruptionBudget": {"enabled": "no"}}},
+            "availability.podDisruptionBudget.enabled",
+        ),
+        (
+            {"modelVersion": "1", "availability": {"topologySpread": {"zones": "Always"}}},
+            "availability.topologySpread.zones",
+        ),
     ],
 )
 def test_bad_input_names_the_field(spec: dict[str, Any], field: str) -> None:

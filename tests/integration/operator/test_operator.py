@@ -386,7 +386,7 @@ def test_restart_and_resync_write_nothing_and_duplicate_nothing(
     def inventory() -> dict[str, str]:
         items = json.loads(
             op_kube.kubectl(
-                "get", "deployments,replicasets,services,routes,servicemonitors,hpa,pods", "-o", "json"
+                "get", "deployments,replicasets,services,routes,servicemonitors,hpa,pdb,pods", "-o", "json"
             ).stdout
         )["items"]
         # Object identities for all; resource versions only where no controller writes status

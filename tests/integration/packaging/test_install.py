@@ -180,9 +180,9 @@ def test_rbac_grants_what_the_operator_calls_and_nothing_else(name: str, pkg_ren
     }
     for kind in WATCHED_CHILDREN:  # kopf lists and watches every child kind (and the pods)
         expected[kind.group, kind.plural] = {"list", "watch"}
-    for kind in (api.DEPLOYMENT, api.SERVICE, api.SERVICE_MONITOR, api.HPA, exposure):
+    for kind in (api.DEPLOYMENT, api.SERVICE, api.SERVICE_MONITOR, api.HPA, api.PDB, exposure):
         expected[kind.group, kind.plural] |= {"get", "create", "patch"}  # server-side apply
-    for kind in (api.SERVICE_MONITOR, api.HPA, exposure):  # dropped from the spec -> deleted
+    for kind in (api.SERVICE_MONITOR, api.HPA, api.PDB, exposure):  # dropped from the spec -> deleted
         expected[kind.group, kind.plural].add("delete")
     if exposure is api.ROUTE:
         expected[api.ROUTE.group, "routes/custom-host"] = {"create"}
