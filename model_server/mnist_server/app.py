@@ -1,7 +1,7 @@
 """The Flask app factory: thin routes over a ``Model``, the protocol modules and the metrics.
 
 Every error a route, a decoder or Werkzeug raises is turned into JSON in one place
-(``_Server.error_response``): ``{"error": <what was wrong>, "reason": <machine-readable>}`` with
+(``Endpoints.error_response``): ``{"error": <what was wrong>, "reason": <machine-readable>}`` with
 the error's HTTP status, and counted by reason.
 """
 
@@ -49,26 +49,7 @@ SHUTTING_DOWN = "the server is shutting down; it answers requests until it stops
 
 _MODEL = "<name>"
 _VERSION = "<name>/versions/<version>"
-# (method, rule, handler): the whole HTTP surface in one table.
-ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("GET", "/healthz", "healthz"),
-    ("GET", "/readyz", "readyz"),
-    ("GET", "/metrics", "prometheus_metrics"),
-    ("POST", "/predict", "predict"),
-    ("GET", "/v2", "v2_server_metadata"),
-    ("GET", "/v2/health/live", "healthz_v2"),
-    ("GET", "/v2/health/ready", "readyz_v2"),
-    ("GET", f"/v2/models/{_MODEL}", "v2_model_metadata"),
-    ("GET", f"/v2/models/{_VERSION}", "v2_model_metadata"),
-    ("GET", f"/v2/models/{_MODEL}/ready", "v2_model_ready"),
-    ("GET", f"/v2/models/{_VERSION}/ready", "v2_model_ready"),
-    ("POST", f"/v2/models/{_MODEL}/infer", "v2_infer"),
-    ("POST", f"/v2/models/{_VERSION}/infer", "v2_infer"),
-    ("GET", f"/v1/models/{_MODEL}", "tfserving_status"),
-    ("GET", f"/v1/models/{_VERSION}", "tfserving_status"),
-    ("POST", f"/v1/models/{_MODEL}:predict", "tfserving_predict"),
-    ("POST", f"/v1/models/{_VERSION}:predict", "tfserving_predict"),
-)
+Handler = Callable[..., Any]
 
 
 class _PathSegment(BaseConverter):
@@ -98,7 +79,7 @@ def create_app(
     # Also keeps the route templates (the metrics' endpoint label) free of converter names.
     app.url_map.converters["default"] = _PathSegment
     metrics = ServerMetrics(registry, model.name, model.version)
-    server = _Server(
+    endpoints = Endpoints(
         settings,
         model,
         metrics,
@@ -110,18 +91,18 @@ def create_app(
     observe_batches = getattr(model, "observe_batches", None)
     if callable(observe_batches):
         observe_batches(metrics.observe_batch)
-        server.model_reports_batches = True
-    for method, rule, handler in ROUTES:
-        app.add_url_rule(rule, endpoint=handler, view_func=getattr(server, handler), methods=[method])
-    app.before_request(server.start_timer)
-    app.after_request(server.record_request)
-    app.register_error_handler(ApiError, server.error_response)
-    app.register_error_handler(HTTPException, server.http_error)
-    app.register_error_handler(Exception, server.unexpected_error)
+        endpoints.model_reports_batches = True
+    for method, rule, handler in endpoints.routes():
+        app.add_url_rule(rule, endpoint=handler.__name__, view_func=handler, methods=[method])
+    app.before_request(endpoints.start_timer)
+    app.after_request(endpoints.record_request)
+    app.register_error_handler(ApiError, endpoints.error_response)
+    app.register_error_handler(HTTPException, endpoints.http_error)
+    app.register_error_handler(Exception, endpoints.unexpected_error)
     return app
 
 
-class _Server:
+class Endpoints:
     """The route handlers of one app; each is a few lines over the model and the protocols."""
 
     def __init__(
@@ -142,6 +123,28 @@ class _Server:
         self.draining = draining
         self.version = _package_version()
         self.model_reports_batches = False
+
+    def routes(self) -> tuple[tuple[str, str, Handler], ...]:
+        """(method, rule, handler): the whole HTTP surface in one table."""
+        return (
+            ("GET", "/healthz", self.healthz),
+            ("GET", "/readyz", self.readyz),
+            ("GET", "/metrics", self.prometheus_metrics),
+            ("POST", "/predict", self.predict),
+            ("GET", "/v2", self.v2_server_metadata),
+            ("GET", "/v2/health/live", self.healthz_v2),
+            ("GET", "/v2/health/ready", self.readyz_v2),
+            ("GET", f"/v2/models/{_MODEL}", self.v2_model_metadata),
+            ("GET", f"/v2/models/{_VERSION}", self.v2_model_metadata),
+            ("GET", f"/v2/models/{_MODEL}/ready", self.v2_model_ready),
+            ("GET", f"/v2/models/{_VERSION}/ready", self.v2_model_ready),
+            ("POST", f"/v2/models/{_MODEL}/infer", self.v2_infer),
+            ("POST", f"/v2/models/{_VERSION}/infer", self.v2_infer),
+            ("GET", f"/v1/models/{_MODEL}", self.tfserving_status),
+            ("GET", f"/v1/models/{_VERSION}", self.tfserving_status),
+            ("POST", f"/v1/models/{_MODEL}:predict", self.tfserving_predict),
+            ("POST", f"/v1/models/{_VERSION}:predict", self.tfserving_predict),
+        )
 
     # --- health, readiness, metrics -------------------------------------------------------
 
@@ -203,9 +206,8 @@ class _Server:
         header_length = request.headers.get(v2.BINARY_HEADER)
         if header_length is None:
             parsed = v2.parse_infer_request(self._read_json(), self.settings.max_batch)
-        else:
-            header, binary = v2.split_binary_body(self._read_body(), header_length)
-            parsed = v2.parse_infer_request(parse_json(header), self.settings.max_batch, binary)
+        else:  # the binary tensor extension: any Content-Type
+            parsed = v2.parse_binary_infer_request(self._read_body(), header_length, self.settings.max_batch)
         return v2.infer_response(self.model, parsed.id, self._infer(parsed.images))
 
     # --- TensorFlow Serving REST ----------------------------------------------------------

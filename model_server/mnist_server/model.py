@@ -1,6 +1,6 @@
 """The model behind the server: a narrow interface and its implementation over the repository.
 
-Routes only see ``Model``: tests use a fake. ``SavedModel`` serves a repository version through
+Routes only see ``Model``: tests use a fake. ``RepositoryModel`` serves a repository version through
 an inference backend (TensorFlow or ONNX Runtime, ``mnist_server.backends``) behind the
 micro-batcher (``mnist_server.batching``).
 """
@@ -104,7 +104,7 @@ def warm_up(predict: Any) -> None:
         )
 
 
-class SavedModel:
+class RepositoryModel:
     """A model version from the repository, served through a backend and the micro-batcher.
 
     The backend (``mnist_server.backends``) is the compiled function: the SavedModel's serving

@@ -107,14 +107,14 @@ def build_worker_app(
     from mnist_server.app import create_app
     from mnist_server.backends import default_threads
     from mnist_server.batching import BatchingConfig
-    from mnist_server.model import SavedModel, load_in_background
+    from mnist_server.model import RepositoryModel, load_in_background
 
     log.info(
         "worker %d is loading model %s version %s", os.getpid(), model_version.name, model_version.version
     )
     # `_created` series would double the exposition, and nothing here reads them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    model = SavedModel(
+    model = RepositoryModel(
         model_version,
         backend=settings.backend,
         threads=settings.inference_threads or default_threads(settings.workers),

@@ -124,6 +124,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
 
     @kopf.on.startup(id="start", registry=registry)
     async def start(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        # The one place kopf is configured: startup handlers finish before any watch starts.
         configure_kopf(settings)
         await op.start(kwargs)
 

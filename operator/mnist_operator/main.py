@@ -13,24 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from mnist_operator import __doc__ as package_doc
 from mnist_operator import handlers
 from mnist_operator.metrics import Metrics
-from mnist_operator.settings import PREFIX, OperatorSettings, SettingsError
-
-ENV_HELP = f"""environment:
-  {PREFIX}IMAGE                  default model-server image (when a MnistModel sets no spec.image)
-  {PREFIX}DRAIN_SECONDS          a model pod keeps serving this long after it is told to stop, while
-                                 Services stop routing to it (a preStop pause; default 5, 0: none)
-  {PREFIX}NAMESPACES             comma-separated namespaces to watch (empty: the whole cluster)
-  {PREFIX}LOG_FORMAT             plain | json
-  {PREFIX}LOG_LEVEL              debug | info | warning | error
-  {PREFIX}BIND_ADDRESS           address of the health and metrics servers (default 0.0.0.0)
-  {PREFIX}HEALTH_PORT            liveness endpoint /healthz (default 8081)
-  {PREFIX}METRICS_PORT           Prometheus /metrics (default 8080)
-  {PREFIX}WORKERS                concurrent reconciles (default 16)
-  {PREFIX}RESYNC_SECONDS         reconcile every model this often even without events (default 600)
-  {PREFIX}DISCOVERY_TTL_SECONDS  re-check the Route/ServiceMonitor APIs this often (default 30)
-  {PREFIX}QUEUE_STALL_SECONDS    /healthz fails when models have waited this long and no reconcile
-                                 has finished meanwhile (default 300)
-"""
+from mnist_operator.settings import OperatorSettings, SettingsError, describe_variables
 
 
 def configure_logging(settings: OperatorSettings) -> None:
@@ -47,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mnist-operator",
         description=package_doc,
-        epilog=ENV_HELP,
+        epilog="environment:\n" + describe_variables(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.parse_args(argv)
@@ -64,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
 
     registry = kopf.OperatorRegistry()
     handlers.register(registry, handlers.Operator(settings, metrics))
-    kopf_settings = kopf.OperatorSettings()
-    handlers.configure_kopf(kopf_settings)
     host = f"[{settings.bind_address}]" if ":" in settings.bind_address else settings.bind_address
     logging.getLogger(__name__).info(
         "watching %s; default image %s; metrics on %s:%d",
@@ -76,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     kopf.run(
         registry=registry,
-        settings=kopf_settings,
         standalone=True,  # one replica, no peering objects to write
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,

@@ -1,15 +1,22 @@
-"""Operator settings from `MNIST_OPERATOR_*` environment variables, validated once at start-up."""
+"""Operator settings from `MNIST_OPERATOR_*` environment variables, validated once at start-up.
+
+One table (`VARIABLES`) is the single source for parsing, `mnist-operator --help` and the settings
+table in docs/operator.md, as the model server's settings are. To add a setting: a field of
+`OperatorSettings` (with its default) and a row of `VARIABLES`, then the docs row.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal
 
 PREFIX = "MNIST_OPERATOR_"
 LogFormat = Literal["plain", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("plain", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_Getter = Callable[[str], "str | None"]
 
 
 class SettingsError(ValueError):
@@ -43,59 +50,142 @@ class OperatorSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
-        def get(name: str) -> str | None:
-            value = env.get(PREFIX + name)
-            return value.strip() if value is not None and value.strip() else None
+        values: dict[str, Any] = {}
+        for var in VARIABLES:
+            raw = (env.get(var.env_name) or "").strip()
+            if not raw:  # unset or blank: the default
+                continue
+            try:
+                values[var.field] = var.parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{var.env_name}={raw!r}: {exc}") from None
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
-        defaults = cls()
-        image = get("IMAGE") or defaults.default_image
-        namespaces = tuple(ns.strip() for ns in (get("NAMESPACES") or "").split(",") if ns.strip())
-        log_format = (get("LOG_FORMAT") or defaults.log_format).lower()
-        if log_format not in ("plain", "json"):
-            raise SettingsError(f"{PREFIX}LOG_FORMAT={log_format!r}: expected plain or json")
-        log_level = (get("LOG_LEVEL") or defaults.log_level).lower()
-        if log_level not in LOG_LEVELS:
-            raise SettingsError(f"{PREFIX}LOG_LEVEL={log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
-        health_port = _port(get, "HEALTH_PORT", defaults.health_port)
-        metrics_port = _port(get, "METRICS_PORT", defaults.metrics_port)
-        if health_port == metrics_port and health_port != 0:
-            raise SettingsError(
-                f"{PREFIX}HEALTH_PORT and {PREFIX}METRICS_PORT must differ (both {health_port})"
+    def __post_init__(self) -> None:
+        if self.health_port == self.metrics_port and self.health_port != 0:
+            raise ValueError(
+                f"{PREFIX}HEALTH_PORT and {PREFIX}METRICS_PORT must differ (both {self.health_port})"
             )
-        return cls(
-            default_image=image,
-            drain_seconds=int(_number(get, "DRAIN_SECONDS", defaults.drain_seconds, minimum=0, integer=True)),
-            namespaces=namespaces,
-            log_format=cast(LogFormat, log_format),
-            log_level=log_level,
-            bind_address=get("BIND_ADDRESS") or defaults.bind_address,
-            health_port=health_port,
-            metrics_port=metrics_port,
-            workers=int(_number(get, "WORKERS", defaults.workers, minimum=1, integer=True)),
-            resync_seconds=_number(get, "RESYNC_SECONDS", defaults.resync_seconds, minimum=1),
-            discovery_ttl_seconds=_number(
-                get, "DISCOVERY_TTL_SECONDS", defaults.discovery_ttl_seconds, minimum=0
-            ),
-            queue_stall_seconds=_number(get, "QUEUE_STALL_SECONDS", defaults.queue_stall_seconds, minimum=1),
-        )
 
 
-def _port(get: _Getter, name: str, default: int) -> int:
-    value = int(_number(get, name, default, minimum=0, integer=True))
-    if value > 65535:
-        raise SettingsError(f"{PREFIX}{name}={value}: not a TCP port")
-    return value
+@dataclass(frozen=True)
+class Variable:
+    """One MNIST_OPERATOR_* variable: which setting it sets, how its text is read, what it means."""
+
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+    name: str = ""  # the variable's name after the prefix, when it is not the field's
+
+    @property
+    def env_name(self) -> str:
+        return PREFIX + (self.name or self.field.upper())
+
+    @property
+    def default(self) -> Any:
+        return _DEFAULTS[self.field]
 
 
-def _number(get: _Getter, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
-    raw = get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        kind = "an integer" if integer else "a number"
-        raise SettingsError(f"{PREFIX}{name}={raw!r}: expected {kind}") from None
-    if value < minimum:
-        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be at least {minimum:g}")
-    return value
+def _integer(minimum: int, maximum: int | None = None, what: str = "") -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(what or f"must be at most {maximum}")
+        return value
+
+    return parse
+
+
+def _seconds(minimum: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum:g}")
+        return value
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise ValueError(
+                f"expected {' or '.join(choices)}"
+                if len(choices) == 2
+                else (f"expected one of {', '.join(choices)}")
+            )
+        return value
+
+    return parse
+
+
+def _namespaces(raw: str) -> tuple[str, ...]:
+    return tuple(ns.strip() for ns in raw.split(",") if ns.strip())
+
+
+_PORT = _integer(0, 65535, "not a TCP port")
+
+# The one table of settings: from_env, `mnist-operator --help` and the table in docs/operator.md
+# (a test holds it to this) all come from it.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("default_image", str, "model-server image for MnistModels without spec.image", name="IMAGE"),
+    Variable(
+        "drain_seconds",
+        _integer(0),
+        "a model pod keeps serving this long after it is told to stop, while Services stop routing "
+        "to it (a preStop pause; 0: none)",
+    ),
+    Variable("namespaces", _namespaces, "comma-separated namespaces to watch (empty: the whole cluster)"),
+    Variable("log_format", _choice(LOG_FORMATS), "plain or json"),
+    Variable("log_level", _choice(LOG_LEVELS), "one of " + ", ".join(LOG_LEVELS)),
+    Variable("bind_address", str, "address of the health and metrics servers"),
+    Variable("health_port", _PORT, "the liveness endpoint GET /healthz (kopf's liveness probe)"),
+    Variable("metrics_port", _PORT, "Prometheus GET /metrics"),
+    Variable("workers", _integer(1), "concurrent reconciles"),
+    Variable("resync_seconds", _seconds(1), "reconcile every model this often even without events"),
+    Variable(
+        "discovery_ttl_seconds",
+        _seconds(0),
+        "how long the answer to 'is the Route / ServiceMonitor API served?' is trusted",
+    ),
+    Variable(
+        "queue_stall_seconds",
+        _seconds(1),
+        "/healthz fails when models have been due this long and no reconcile has finished meanwhile",
+    ),
+)
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(OperatorSettings)}
+
+
+def format_default(value: Any) -> str:
+    """A default as --help and the docs show it."""
+    if isinstance(value, tuple):
+        return ",".join(value) or "empty"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def describe_variables() -> str:
+    """The variables, their meaning and their default, for `mnist-operator --help`."""
+    width = max(len(var.env_name) for var in VARIABLES) + 2
+    lines = []
+    for var in VARIABLES:
+        text = f"{var.help} (default: {format_default(var.default)})"
+        wrapped = textwrap.wrap(text, 100 - width - 2) or [""]
+        lines.append(f"  {var.env_name:<{width}}{wrapped[0]}")
+        lines.extend(" " * (width + 2) + line for line in wrapped[1:])
+    return "\n".join(lines)

@@ -1,10 +1,17 @@
-"""Operator settings from MNIST_OPERATOR_* variables: defaults, parsing and clear errors."""
+"""Operator settings from MNIST_OPERATOR_* variables: defaults, parsing and clear errors, and
+the one table (VARIABLES) that --help and docs/operator.md follow."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
-from mnist_operator.settings import OperatorSettings, SettingsError
+from mnist_operator import main
+from mnist_operator.settings import VARIABLES, OperatorSettings, SettingsError, format_default
+
+DOC = (Path(__file__).parents[2] / "docs" / "operator.md").read_text()
 
 
 def test_defaults_without_environment() -> None:
@@ -18,6 +25,7 @@ def test_every_variable_is_read() -> None:
     settings = OperatorSettings.from_env(
         {
             "MNIST_OPERATOR_IMAGE": "registry.local/mnist-server:7",
+            "MNIST_OPERATOR_DRAIN_SECONDS": "0",
             "MNIST_OPERATOR_NAMESPACES": " team-a, team-b ,,",
             "MNIST_OPERATOR_LOG_FORMAT": "JSON",
             "MNIST_OPERATOR_LOG_LEVEL": "debug",
@@ -33,6 +41,7 @@ def test_every_variable_is_read() -> None:
     )
     assert settings == OperatorSettings(
         default_image="registry.local/mnist-server:7",
+        drain_seconds=0,
         namespaces=("team-a", "team-b"),
         log_format="json",
         log_level="debug",
@@ -61,6 +70,7 @@ def test_blank_values_mean_default() -> None:
         ("HEALTH_PORT", "http", "expected an integer"),
         ("METRICS_PORT", "70000", "not a TCP port"),
         ("WORKERS", "0", "at least 1"),
+        ("DRAIN_SECONDS", "-1", "at least 0"),
         ("RESYNC_SECONDS", "soon", "expected a number"),
         ("QUEUE_STALL_SECONDS", "0", "at least 1"),
         ("HEALTH_PORT", "8080", "must differ"),
@@ -71,3 +81,26 @@ def test_invalid_values_name_the_variable(name: str, value: str, expected: str) 
         OperatorSettings.from_env({f"MNIST_OPERATOR_{name}": value})
     assert f"MNIST_OPERATOR_{name}" in str(caught.value)
     assert expected in str(caught.value)
+
+
+def test_every_setting_has_one_variable() -> None:
+    assert sorted(var.field for var in VARIABLES) == sorted(
+        f.name for f in dataclasses.fields(OperatorSettings)
+    )
+    assert len({var.env_name for var in VARIABLES}) == len(VARIABLES)
+
+
+def test_help_lists_every_variable_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for var in VARIABLES:
+        assert var.env_name in out
+        assert f"(default: {format_default(var.default)})" in out, var.env_name
+
+
+def test_every_variable_is_in_the_docs_table_with_its_default() -> None:
+    for var in VARIABLES:
+        row = next((line for line in DOC.splitlines() if line.startswith(f"| `{var.env_name}` |")), None)
+        assert row is not None, var.env_name
+        assert format_default(var.default) in row.split("|")[2], var.env_name

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from mnist_server.backends import choose_backend
 from mnist_server.batching import BatcherClosedError, BatcherOverloadedError, BatchingConfig
 from mnist_server.errors import ModelLoadError, NotReadyError, OverloadedError
-from mnist_server.model import LoadState, SavedModel, load_in_background, published_metadata
+from mnist_server.model import LoadState, RepositoryModel, load_in_background, published_metadata
 from mnist_server.repository import ModelVersion, resolve
 
 V2 = "/v2/models/mnist/infer"
@@ -30,8 +30,8 @@ def reference(root: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.load(root / "reference-input.npy"), np.load(root / "reference-output.npy")
 
 
-def batched(root: Path, max_batch_size: int = 8, backend: str = "tensorflow") -> SavedModel:
-    return SavedModel(
+def batched(root: Path, max_batch_size: int = 8, backend: str = "tensorflow") -> RepositoryModel:
+    return RepositoryModel(
         resolve(root, "mnist", "1"), backend=backend, batching=BatchingConfig(max_batch_size=max_batch_size)
     )
 
@@ -47,8 +47,8 @@ def wait_until(predicate: Callable[[], bool], seconds: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def test_saved_model_loads_warms_up_and_predicts_like_keras(server_tiny_model_root: Path) -> None:
-    model = SavedModel(resolve(server_tiny_model_root, "mnist"))
+def test_a_repository_model_loads_warms_up_and_predicts_like_keras(server_tiny_model_root: Path) -> None:
+    model = RepositoryModel(resolve(server_tiny_model_root, "mnist"))
     assert (model.name, model.version, model.platform) == ("mnist", "1", "tensorflow_savedmodel")
     assert model.state is LoadState.PENDING
     assert not model.ready
@@ -71,7 +71,7 @@ def test_saved_model_loads_warms_up_and_predicts_like_keras(server_tiny_model_ro
 
 
 def test_concurrent_predictions_from_many_threads_agree(server_tiny_model_root: Path) -> None:
-    model = SavedModel(resolve(server_tiny_model_root, "mnist", "1"))
+    model = RepositoryModel(resolve(server_tiny_model_root, "mnist", "1"))
     model.load()
     images, expected = reference(server_tiny_model_root)
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -84,7 +84,7 @@ def test_a_corrupt_version_fails_to_load_with_the_cause(server_tiny_model_root: 
     broken = tmp_path / "mnist" / "2"
     shutil.copytree(server_tiny_model_root / "mnist" / "1", broken)
     (broken / "saved_model.pb").write_bytes(b"not a protobuf")
-    model = SavedModel(resolve(tmp_path, "mnist", "2"))
+    model = RepositoryModel(resolve(tmp_path, "mnist", "2"))
 
     thread = load_in_background(model)  # must not raise out of the thread
     thread.join(timeout=60)
@@ -98,7 +98,7 @@ def test_a_corrupt_version_fails_to_load_with_the_cause(server_tiny_model_root: 
 
 
 def test_the_background_load_runs_before_load_first_in_its_thread(server_tiny_model_root: Path) -> None:
-    model = SavedModel(resolve(server_tiny_model_root, "mnist"))
+    model = RepositoryModel(resolve(server_tiny_model_root, "mnist"))
     seen: list[tuple[str, LoadState]] = []
 
     def before_load() -> None:
@@ -113,7 +113,7 @@ def test_the_background_load_runs_before_load_first_in_its_thread(server_tiny_mo
 def test_the_app_over_the_real_model_becomes_ready_and_serves_every_protocol(
     server_tiny_model_root: Path, server_make_app: Callable[..., Flask], server_registry: CollectorRegistry
 ) -> None:
-    model = SavedModel(resolve(server_tiny_model_root, "mnist"))
+    model = RepositoryModel(resolve(server_tiny_model_root, "mnist"))
     client = server_make_app(model).test_client()
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
@@ -149,7 +149,7 @@ def test_no_path_of_the_training_machine_is_published(
     (version / "metadata.json").write_text(
         json.dumps({"data_source": source, "data_sha256": "ab" * 32, "test_accuracy": 0.99})
     )
-    model = SavedModel(resolve(tmp_path, "mnist", "1"))
+    model = RepositoryModel(resolve(tmp_path, "mnist", "1"))
     model.load()
     client = server_make_app(model).test_client()
 
@@ -193,7 +193,7 @@ def test_concurrent_requests_with_distinct_images_each_get_their_own_prediction(
     model.load()
     app = server_make_app(model)
     images = np.random.default_rng(11).random((48, 28, 28), dtype=np.float32)
-    expected = SavedModel(resolve(server_tiny_model_root, "mnist", "1"))
+    expected = RepositoryModel(resolve(server_tiny_model_root, "mnist", "1"))
     expected.load()
     reference = expected.predict(images)
 
@@ -279,7 +279,9 @@ def test_the_onnx_backend_serves_the_same_predictions_and_auto_prefers_it(
     assert choose_backend("auto", version_dir) == "onnx"
     assert choose_backend("tensorflow", version_dir) == "tensorflow"
 
-    model = SavedModel(ModelVersion("mnist", "1", version_dir), backend="auto", batching=BatchingConfig())
+    model = RepositoryModel(
+        ModelVersion("mnist", "1", version_dir), backend="auto", batching=BatchingConfig()
+    )
     assert model.platform == "tensorflow_savedmodel"  # nothing chosen before the load
     model.load()
     assert (model.backend, model.platform) == ("onnx", "onnxruntime_onnx")
@@ -313,7 +315,7 @@ def test_a_model_that_answers_wrongly_is_a_500_not_a_retryable_503(
 def test_a_model_call_stuck_beyond_the_request_timeout_fails_readiness_until_it_returns(
     server_tiny_model_root: Path, server_make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = SavedModel(
+    model = RepositoryModel(
         resolve(server_tiny_model_root, "mnist", "1"),
         batching=BatchingConfig(max_batch_size=8, timeout_s=1.0),
     )

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mnist_server.decoding import JsonBody, check_images, numeric_array, require
+from mnist_server.decoding import JsonBody, check_images, numeric_array, parse_json, require
 from mnist_server.errors import InvalidInputError, Reason
 from mnist_server.model import Images, Model, Probabilities
 from mnist_server.repository import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
@@ -52,8 +52,9 @@ def model_metadata(model: Model) -> dict[str, Any]:
     }
 
 
-def split_binary_body(raw: bytes, header_length: str) -> tuple[bytes, bytes]:
-    """(JSON header, binary data) of a binary-extension body, by ``Inference-Header-Content-Length``."""
+def parse_binary_infer_request(raw: bytes, header_length: str, max_batch: int) -> InferRequest:
+    """An infer request in the binary extension's body: ``header_length`` (the value of the
+    ``Inference-Header-Content-Length`` header) bytes of JSON, then the input's raw bytes."""
     if not header_length.isdigit() or int(header_length) > len(raw):
         raise InvalidInputError(
             f"{BINARY_HEADER} {header_length!r:.40} must be the JSON header's length in bytes "
@@ -61,7 +62,7 @@ def split_binary_body(raw: bytes, header_length: str) -> tuple[bytes, bytes]:
             Reason.BAD_REQUEST,
         )
     split = int(header_length)
-    return raw[:split], raw[split:]
+    return parse_infer_request(parse_json(raw[:split]), max_batch, raw[split:])
 
 
 def parse_infer_request(body: JsonBody, max_batch: int, binary: bytes | None = None) -> InferRequest:
