@@ -12,27 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
+
+from kubernetes.utils import quantity
 
 from mnist_operator import api
 
-_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "": Decimal(1),
-    "k": Decimal("1e3"),
-    "M": Decimal("1e6"),
-    "G": Decimal("1e9"),
-    "T": Decimal("1e12"),
-    "P": Decimal("1e15"),
-    "E": Decimal("1e18"),
-}
+# The kubernetes client's quantity parser, with the types it has (its package declares none).
+_kubernetes_quantity: Callable[[str | int], Decimal] = quantity.parse_quantity
+
 # Keys whose values the API server stores as canonical quantities ("1000m" comes back as "1").
 _QUANTITY_PARENTS = frozenset({"limits", "requests"})
 _QUANTITY_KEYS = frozenset({"sizeLimit"})
@@ -84,26 +74,19 @@ def is_subset(want: Any, have: Any, key: str = "", parent: str = "") -> bool:
 
 
 def parse_quantity(value: Any) -> Decimal | None:
-    """A Kubernetes quantity ("500m", "1Gi", "2e3", 1) as a number, or None if it is not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    if not isinstance(value, str):
-        return None
-    match = _QUANTITY.match(value)
-    if not match:
+    """A Kubernetes quantity ("500m", "1Gi", "2e3", 1) as a number, or None if it is not one.
+
+    The kubernetes client parses (a dependency kopf imports anyway, for its login); this only
+    turns "not a quantity", for values of any type, into None instead of an exception.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
     try:
-        number = Decimal(match.group(1))
-    except InvalidOperation:  # pragma: no cover - the regex only admits numbers
+        # A float through its shortest repr: 0.1 is the quantity 0.1, not its binary expansion.
+        number = _kubernetes_quantity(str(value) if isinstance(value, float) else value)
+    except ValueError:
         return None
-    suffix = match.group(2) or ""
-    if suffix in _BINARY:
-        return number * _BINARY[suffix]
-    if suffix in _DECIMAL:
-        return number * _DECIMAL[suffix]
-    return number * (Decimal(10) ** int(suffix[1:]))
+    return number if number.is_finite() else None
 
 
 def controller_uid(live: Mapping[str, Any]) -> str | None:

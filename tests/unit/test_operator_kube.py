@@ -1,81 +1,55 @@
-"""The thin API client against a small local HTTP server: content types, errors, re-login, discovery."""
+"""The thin API client against kmock's HTTP server: content types, errors, re-login, discovery."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+import re
 
 import kopf
 import pytest
-import pytest_asyncio
-from aiohttp import web
+from kmock import RawHandler, Request
 
 from mnist_operator import api
 from mnist_operator.kube import ApiError, Discovery, KubeClient
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.kmock(cls=RawHandler)]
 
 
-class FakeApiServer:
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.token = "good"
-        self.served_groups: set[str] = set()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.text()
-        self.requests.append(
-            {
-                "method": request.method,
-                "path": request.path,
-                "query": dict(request.query),
-                "content_type": request.headers.get("Content-Type"),
-                "user_agent": request.headers.get("User-Agent"),
-                "auth": request.headers.get("Authorization"),
-                "body": body,
-            }
-        )
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return web.json_response(
-                {"kind": "Status", "reason": "Unauthorized", "message": "bad token"}, status=401
-            )
-        if request.path.startswith("/apis/") and request.path.count("/") == 3:  # discovery /apis/<g>/<v>
-            group = request.path.split("/")[2]
-            if group == "unavailable.example.com":
-                return web.json_response({"reason": "ServiceUnavailable", "message": "down"}, status=503)
-            if group not in self.served_groups:
-                return web.json_response({"reason": "NotFound", "message": "404 page not found"}, status=404)
-            plural = {"route.openshift.io": "routes", "monitoring.coreos.com": "servicemonitors"}[group]
-            return web.json_response({"resources": [{"name": plural}, {"name": f"{plural}/status"}]})
-        if request.path.endswith("/missing"):
-            return web.json_response(
-                {"kind": "Status", "reason": "NotFound", "message": "not found"}, status=404
-            )
-        if request.path.endswith("/invalid"):
-            return web.json_response(
-                {
-                    "kind": "Status",
-                    "reason": "Invalid",
-                    "message": 'Deployment.apps "invalid" is invalid: spec.replicas: bad',
-                },
-                status=422,
-            )
-        return web.json_response(json.loads(body) if body else {"kind": "Thing"})
+def status(reason: str, message: str) -> dict[str, str]:
+    return {"kind": "Status", "reason": reason, "message": message}
 
 
-@pytest_asyncio.fixture
-async def server() -> AsyncIterator[tuple[FakeApiServer, str]]:
-    fake = FakeApiServer()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fake, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+@pytest.fixture
+def server(kmock: RawHandler) -> RawHandler:
+    """A kube-apiserver as the client meets it (kmock's RawHandler, from kopf's author): any token
+    but "good" is refused, objects named `missing` are absent and `invalid` ones rejected, the
+    aggregated API unavailable.example.com is down, no other API group is served (until a test
+    serves one), and a write answers what it was sent. The first matching reaction answers."""
+    kmock[refused_token] << 401 << status("Unauthorized", "bad token")
+    kmock[re.compile(r".*/missing$")] << 404 << status("NotFound", "not found")
+    (
+        kmock[re.compile(r".*/invalid$")]
+        << 422
+        << status("Invalid", 'Deployment.apps "invalid" is invalid: spec.replicas: bad')
+    )
+    kmock["get /apis/unavailable.example.com/v1"] << 503 << status("ServiceUnavailable", "down")
+    for write in ("patch", "post", "delete"):
+        kmock[write] << echo
+    kmock[re.compile(r"/api/.*")] << echo
+    kmock.fallback << 404 << status("NotFound", "404 page not found")
+    return kmock
+
+
+def refused_token(request: Request) -> bool:
+    return request.headers.get("Authorization") != "Bearer good"
+
+
+def echo(request: Request) -> object:
+    return request.data if request.body else {"kind": "Thing"}
+
+
+def serve_group(server: RawHandler, group: str, plural: str) -> None:
+    server[f"get /apis/{group}/v1"] << {"resources": [{"name": plural}, {"name": f"{plural}/status"}]}
 
 
 def client_for(url: str, tokens: list[str], writes: list[tuple[str, str]] | None = None) -> KubeClient:
@@ -87,10 +61,9 @@ def client_for(url: str, tokens: list[str], writes: list[tuple[str, str]] | None
     )
 
 
-async def test_apply_is_a_server_side_apply_with_our_field_manager(server: Any) -> None:
-    fake, url = server
+async def test_apply_is_a_server_side_apply_with_our_field_manager(server: RawHandler) -> None:
     writes: list[tuple[str, str]] = []
-    client = client_for(url, ["good"], writes)
+    client = client_for(str(server.url), ["good"], writes)
     obj = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -99,28 +72,26 @@ async def test_apply_is_a_server_side_apply_with_our_field_manager(server: Any) 
     }
     assert await client.apply(obj) == obj
     await client.close()
-    (req,) = fake.requests
-    assert (req["method"], req["path"]) == ("PATCH", "/apis/apps/v1/namespaces/ns/deployments/d")
-    assert req["query"] == {"fieldManager": "mnist-operator", "force": "true"}
-    assert req["content_type"] == "application/apply-patch+yaml"
-    assert req["user_agent"] == "mnist-operator"
+    (req,) = list(server)
+    assert (req.method, req.url.path) == ("PATCH", "/apis/apps/v1/namespaces/ns/deployments/d")
+    assert req.params == {"fieldManager": "mnist-operator", "force": "true"}
+    assert req.headers["Content-Type"] == "application/apply-patch+yaml"
+    assert req.headers["User-Agent"] == "mnist-operator"
     assert writes == [("patch", "Deployment")]
 
 
-async def test_status_is_a_merge_patch_of_the_subresource(server: Any) -> None:
-    fake, url = server
-    client = client_for(url, ["good"])
+async def test_status_is_a_merge_patch_of_the_subresource(server: RawHandler) -> None:
+    client = client_for(str(server.url), ["good"])
     await client.patch_status("ns", "m", {"url": None, "replicas": 1})
     await client.close()
-    req = fake.requests[0]
-    assert req["path"] == "/apis/aidevsecops.dev/v1alpha1/namespaces/ns/mnistmodels/m/status"
-    assert req["content_type"] == "application/merge-patch+json"
-    assert json.loads(req["body"]) == {"status": {"url": None, "replicas": 1}}
+    req = server[0]
+    assert req.url.path == "/apis/aidevsecops.dev/v1alpha1/namespaces/ns/mnistmodels/m/status"
+    assert req.headers["Content-Type"] == "application/merge-patch+json"
+    assert json.loads(req.body) == {"status": {"url": None, "replicas": 1}}
 
 
-async def test_errors_carry_status_and_reason_and_404_reads_as_absent(server: Any) -> None:
-    _, url = server
-    client = client_for(url, ["good"])
+async def test_errors_carry_status_and_reason_and_404_reads_as_absent(server: RawHandler) -> None:
+    client = client_for(str(server.url), ["good"])
     assert await client.get(api.SERVICE, "ns", "missing") is None
     with pytest.raises(ApiError) as caught:
         await client.apply(
@@ -137,12 +108,11 @@ async def test_errors_carry_status_and_reason_and_404_reads_as_absent(server: An
     assert not caught.value.retryable
 
 
-async def test_a_rejected_token_means_one_fresh_login(server: Any) -> None:
-    fake, url = server
-    client = client_for(url, ["stale", "good"])
+async def test_a_rejected_token_means_one_fresh_login(server: RawHandler) -> None:
+    client = client_for(str(server.url), ["stale", "good"])
     assert await client.request("GET", "/api/v1/namespaces/ns/pods/p") == {"kind": "Thing"}
     await client.close()
-    assert [r["auth"] for r in fake.requests] == ["Bearer stale", "Bearer good"]
+    assert [r.headers["Authorization"] for r in server] == ["Bearer stale", "Bearer good"]
 
 
 async def test_connection_errors_are_retryable_api_errors() -> None:
@@ -153,17 +123,16 @@ async def test_connection_errors_are_retryable_api_errors() -> None:
     assert caught.value.status == 0 and caught.value.retryable
 
 
-async def test_discovery_caches_until_the_ttl_or_an_invalidation(server: Any) -> None:
-    fake, url = server
+async def test_discovery_caches_until_the_ttl_or_an_invalidation(server: RawHandler) -> None:
     now = [0.0]
-    client = client_for(url, ["good"])
+    client = client_for(str(server.url), ["good"])
     discovery = Discovery(client, ttl=30, clock=lambda: now[0])
     assert await discovery.capabilities() == api.Capabilities(routes=False, service_monitors=False)
-    fake.served_groups.add("monitoring.coreos.com")
+    serve_group(server, "monitoring.coreos.com", "servicemonitors")
     assert (await discovery.capabilities()).service_monitors is False  # cached
     discovery.invalidate()
     assert (await discovery.capabilities()).service_monitors is True
-    fake.served_groups.add("route.openshift.io")
+    serve_group(server, "route.openshift.io", "routes")
     now[0] = 31.0
     assert await discovery.capabilities() == api.Capabilities(routes=True, service_monitors=True)
     # An aggregated API that is down is not "absent": that would replace a Route by an Ingress.
