@@ -14,6 +14,14 @@ from pathlib import Path
 from typing import Any
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl run; unlike its base class, its message says what kubectl said."""
+
+    def __str__(self) -> str:
+        said = (self.stderr or self.stdout or "").strip()
+        return f"{super().__str__()}\n{said[-2000:]}"
+
+
 @dataclass(frozen=True)
 class ApiClient:
     api_url: str
@@ -65,7 +73,7 @@ class ApiClient:
             check=False,
         )
         if check and done.returncode != 0:
-            raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+            raise KubectlError(done.returncode, done.args, done.stdout, done.stderr)
         return done
 
     def audit_events(self, predicate: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:

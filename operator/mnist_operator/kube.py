@@ -8,8 +8,10 @@ and the official client's exec plugins all work; a 401 triggers one fresh login 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -50,6 +52,8 @@ async def default_login() -> kopf.ConnectionInfo:
     else whatever the official client can make of it (exec plugins, auth providers)."""
     settings = kopf.OperatorSettings()
     info = kopf.login_with_service_account(settings=settings)
+    if info is not None:
+        info = dataclasses.replace(info, server=in_cluster_server(os.environ) or info.server)
     if info is None:
         info = kopf.login_with_kubeconfig(settings=settings)
         has_credentials = info is not None and (
@@ -60,6 +64,20 @@ async def default_login() -> kopf.ConnectionInfo:
     if info is None:
         raise kopf.LoginError("no Kubernetes credentials: neither a service account nor a kubeconfig")
     return info
+
+
+def in_cluster_server(env: Mapping[str, str]) -> str | None:
+    """The API server as client-go's in-cluster config finds it: the `kubernetes` Service's
+    address from the environment the kubelet gives every pod.
+
+    kopf's own in-cluster login names https://kubernetes.default.svc, which needs cluster DNS
+    to be up: with the address, reaching the API does not depend on DNS (as for every
+    controller built on client-go).
+    """
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 class KubeClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 import kopf
@@ -61,8 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=f"http://{host}:{settings.health_port}/healthz",
+        # A NewType of str that kopf does not export.
+        identity=operator_identity(),  # type: ignore[arg-type]
     )
     return 0
+
+
+def operator_identity() -> str:
+    """Who this operator process is (kopf names it in logs and peering objects).
+
+    kopf's default asks getpass.getuser(), which raises for a UID with no passwd entry: the
+    image's own non-root user, and OpenShift's arbitrary UIDs, crashed the operator at start-up.
+    """
+    return f"{socket.gethostname()}@{os.getpid()}"
 
 
 if __name__ == "__main__":  # pragma: no cover

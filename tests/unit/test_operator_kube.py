@@ -140,3 +140,21 @@ async def test_discovery_caches_until_the_ttl_or_an_invalidation(server: RawHand
         await client.served_resources("unavailable.example.com", "v1")
     assert caught.value.status == 503 and caught.value.retryable
     await client.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "server"),
+    [
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}, "https://10.0.0.1:443"),
+        ({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}, "https://[fd00::1]:6443"),
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, None),
+        ({}, None),
+    ],
+)
+def test_in_cluster_the_api_server_is_found_by_address_not_by_dns(
+    env: dict[str, str], server: str | None
+) -> None:
+    """As client-go does: reaching the API server must not depend on cluster DNS."""
+    from mnist_operator.kube import in_cluster_server
+
+    assert in_cluster_server(env) == server

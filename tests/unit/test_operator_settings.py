@@ -36,6 +36,13 @@ def test_every_variable_is_read() -> None:
             "MNIST_OPERATOR_RESYNC_SECONDS": "30.5",
             "MNIST_OPERATOR_DISCOVERY_TTL_SECONDS": "0",
             "MNIST_OPERATOR_QUEUE_STALL_SECONDS": "120",
+            "MNIST_OPERATOR_ALLOWED_ANNOTATION_PREFIXES": "none",
+            "MNIST_OPERATOR_REQUIRE_INGRESS_HOST": "False",
+            "MNIST_OPERATOR_ALLOWED_HOST_SUFFIXES": "*.{namespace}.apps.example.com, example.org",
+            "MNIST_OPERATOR_ALLOWED_IMAGES": "registry.local/, quay.io/acme/mnist",
+            "MNIST_OPERATOR_ALLOWED_SERVICE_ACCOUNTS": "*",
+            "MNIST_OPERATOR_ALLOWED_TOLERATIONS": "dedicated=ml:NoSchedule,spot",
+            "MNIST_OPERATOR_MIN_SCRAPE_INTERVAL_SECONDS": "30",
             "UNRELATED": "x",
         }
     )
@@ -52,6 +59,13 @@ def test_every_variable_is_read() -> None:
         resync_seconds=30.5,
         discovery_ttl_seconds=0,
         queue_stall_seconds=120,
+        allowed_annotation_prefixes=(),
+        require_ingress_host=False,
+        allowed_host_suffixes=("{namespace}.apps.example.com", "example.org"),
+        allowed_images=("registry.local/", "quay.io/acme/mnist"),
+        allowed_service_accounts=("*",),
+        allowed_tolerations=("dedicated=ml:NoSchedule", "spot"),
+        min_scrape_interval_seconds=30,
     )
 
 
@@ -74,6 +88,13 @@ def test_blank_values_mean_default() -> None:
         ("RESYNC_SECONDS", "soon", "expected a number"),
         ("QUEUE_STALL_SECONDS", "0", "at least 1"),
         ("HEALTH_PORT", "8080", "must differ"),
+        ("REQUIRE_INGRESS_HOST", "maybe", "expected true or false"),
+        ("ALLOWED_HOST_SUFFIXES", "{team}.example.com", "the only placeholder is {namespace}"),
+        ("ALLOWED_TOLERATIONS", "dedicated:Always", "the effect must be one of"),
+        ("ALLOWED_IMAGES", "reg.io/*", "not an image"),
+        ("ALLOWED_SERVICE_ACCOUNTS", "*,admin", "cannot be combined"),
+        ("ALLOWED_ANNOTATION_PREFIXES", "bad prefix", "not an annotation key"),
+        ("MIN_SCRAPE_INTERVAL_SECONDS", "often", "expected a number"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str, expected: str) -> None:
@@ -104,3 +125,20 @@ def test_every_variable_is_in_the_docs_table_with_its_default() -> None:
         row = next((line for line in DOC.splitlines() if line.startswith(f"| `{var.env_name}` |")), None)
         assert row is not None, var.env_name
         assert format_default(var.default) in row.split("|")[2], var.env_name
+
+
+def test_the_operator_names_itself_without_a_passwd_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image's UID (and OpenShift's arbitrary ones) has no passwd entry: kopf's default
+    identity (getpass.getuser()) raised there, and the operator crashed at start-up."""
+    import getpass
+    import socket
+
+    from mnist_operator.main import operator_identity
+
+    def no_user() -> str:
+        raise KeyError("getpwuid(): uid not found: 65532")
+
+    monkeypatch.setattr(getpass, "getuser", no_user)
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert operator_identity().startswith(socket.gethostname() + "@")
