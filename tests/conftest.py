@@ -11,12 +11,17 @@ its own conftest.py.
 - `cluster_env` (function): KUBECONFIG and PATH (the cluster's kubectl first) set for the test.
 - `--no-cluster` or MNIST_NO_CLUSTER=1 skips every test marked `cluster`; any test that uses
   the `cluster` fixture (directly or through another fixture) is marked automatically.
+- Tests on the real node (tests/realnode) need the images built from the shipped Dockerfiles:
+  they are built (or found in buildah's store) before the first test, like the binaries.
+- Tests marked `host_node` start clusters of their own that take the host's one real node:
+  they run first, before the session cluster claims it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import ClusterError, LocalCluster, find_bin_dir
+from localcluster import ClusterError, LocalCluster, find_bin_dir, images, node
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip = pytest.mark.skip(reason="needs the local control plane (--no-cluster / MNIST_NO_CLUSTER=1)")
+    # Stable sort: host_node tests first, the rest in their usual order.
+    items.sort(key=lambda item: item.get_closest_marker("host_node") is None)
     for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
+        if "cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("host_node"):
             item.add_marker(pytest.mark.cluster)
         if config.getoption("--no-cluster") and item.get_closest_marker("cluster"):
             item.add_marker(skip)
@@ -61,6 +68,25 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         started = time.monotonic()
         config.stash[_BIN_DIR_KEY] = find_bin_dir()
         log.info("control plane binaries found/built in %.1f s", time.monotonic() - started)
+    needs_images = any("rn_images" in getattr(item, "fixturenames", ()) for item in session.items)
+    if wanted and needs_images and not config.getoption("--no-cluster") and node.unsupported_reason() is None:
+        from realnode.realnode_support import IMAGE_ERROR_KEY, IMAGES_KEY
+
+        started = time.monotonic()
+        log_file = Path(os.environ.get("MNIST_IMAGE_LOG", images.CACHE_DIR / "build.log"))
+        trainer = Path(sys.executable).parent / "mnist-train"
+        try:
+            prebuilt = os.environ.get("MNIST_TEST_IMAGES")  # "base,server,operator": reuse, for iterating
+            if prebuilt:
+                config.stash[IMAGES_KEY] = images.Images(*prebuilt.split(","))
+            else:
+                models = images.quick_models(trainer)
+                config.stash[IMAGES_KEY] = images.build_all(log_file, models=models)
+        except ClusterError as e:
+            # Each test that needs the images fails with this, rather than the whole session.
+            log.error("building the images failed: %s", e)
+            config.stash[IMAGE_ERROR_KEY] = str(e)
+        log.info("images found/built in %.1f s (log: %s)", time.monotonic() - started, log_file)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

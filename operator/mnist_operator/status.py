@@ -516,7 +516,10 @@ def compute_status(
     previous = previous or {}
     rollout = rollout_state(observed.deployment)
     conditions = conditions_for(spec, owner, observed, capabilities)
-    if rollout.rolled_out and rollout.desired > 0:
+    # Old pods keep answering while they drain after the Deployment counts them gone: the
+    # version moves only when no pod of another version is left.
+    draining = any(p.get("version") != rollout.template_version for p in observed.pods)
+    if rollout.rolled_out and rollout.desired > 0 and not draining:
         served = rollout.template_version
     elif rollout.exists and rollout.desired == 0:
         served = None

@@ -495,6 +495,17 @@ def test_served_version_changes_only_once_the_rollout_completed() -> None:
         now=T0,
     )
     assert mid["modelVersion"] == "3"
+    # Rolled out, but a pod of the old version is still draining (terminating, still answering).
+    old = {**pod("old"), "version": "3", "deleting": True}
+    draining = compute_status(
+        spec=SPEC,
+        owner=OWNER,
+        observed=Observed(deployment=deployment(), pods=[{**pod("new"), "version": "4"}, old]),
+        capabilities=PLAIN,
+        previous=mid,
+        now=T0,
+    )
+    assert draining["modelVersion"] == "3"
     done = compute_status(
         spec=SPEC,
         owner=OWNER,
