@@ -11,9 +11,12 @@ so that pods reach it; otherwise everything stays on 127.0.0.1. See docs/local-c
 from __future__ import annotations
 
 import atexit
+import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -158,6 +161,7 @@ class LocalCluster:
         self._deadline = 0.0
         self._atexit_registered = False
         self._reaper: subprocess.Popen[bytes] | None = None
+        self._killed_argv: dict[str, list[str]] = {}  # command lines of killed components
 
     # ----- paths and attributes -----------------------------------------------------------
 
@@ -536,6 +540,60 @@ class LocalCluster:
     def audit_events(self, predicate: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         return self.api.audit_events(predicate)
 
+    # ----- fault injection (tests) ---------------------------------------------------------
+
+    def kill(self, component: str) -> None:
+        """SIGKILL one component, as a crash would, and wait until it is gone.
+
+        `restart(component)` starts it again with the same command line (read from /proc now).
+        """
+        pid = self.state.pids[component]
+        self._killed_argv[component] = _cmdline(pid)
+        proc = self._supervisor.procs.pop(component, None)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # pgid == pid: the component leads its own session
+        if proc is not None:
+            proc.wait(10)
+        deadline = time.monotonic() + 10
+        while component_alive(pid, component):
+            if time.monotonic() > deadline:
+                raise ClusterError(component, f"pid {pid} survived SIGKILL")
+            time.sleep(0.05)
+
+    def restart(self, component: str, timeout: float = 60.0) -> None:
+        """Start a component again with the command line it had (killing it first if it runs),
+        and wait until its health check passes (etcd: /health, the API server: /readyz)."""
+        if component not in self._killed_argv:
+            self.kill(component)
+        argv = self._killed_argv.pop(component)
+        self.state.pids[component] = self._supervisor.spawn(component, argv)
+        self._save()
+        deadline = time.monotonic() + timeout
+        self._supervisor.wait(
+            component, f"{component} healthy again", lambda: self._healthy(component), deadline, timeout
+        )
+
+    def _healthy(self, component: str) -> bool:
+        return any(h.ok for h in self.health() if h.component == component)
+
+    def etcd(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One call of etcd's v3 JSON API (`kv/range`, `kv/deleterange`, `kv/compaction`, ...):
+        what the API server stores, changed behind its back. Keys and values are base64 in the
+        JSON; see `etcd_key`."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.state.ports.etcd}/v3/{method}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            answer: dict[str, Any] = json.load(resp)
+        return answer
+
+    @staticmethod
+    def etcd_key(key: str) -> str:
+        """A key as etcd's JSON API takes it, e.g. etcd_key("/registry/services/specs/ns/name")."""
+        return base64.b64encode(key.encode()).decode()
+
     # ----- readiness probes ----------------------------------------------------------------
 
     def _etcd_healthy(self) -> bool:
@@ -605,3 +663,7 @@ class LocalCluster:
             ok = api_ok and self.api.node_ready(name)
             report.append(Health(f"node/{name}", ok, "Ready" if ok else "not Ready"))
         return report
+
+
+def _cmdline(pid: int) -> list[str]:
+    return [arg.decode() for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
