@@ -38,6 +38,8 @@ class Reason(StrEnum):
     FORBIDDEN = "Forbidden"
     API_UNAVAILABLE = "ApiUnavailable"
     APPLY_FAILED = "ApplyFailed"
+    # Ready (the workload), ExposureReady, MonitoringReady: the operator's policy refused that part
+    POLICY_VIOLATION = "PolicyViolation"
     # Available
     MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
     MINIMUM_REPLICAS_UNAVAILABLE = "MinimumReplicasUnavailable"

@@ -8,17 +8,18 @@ MnistModel costs no write however often it is reconciled.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mnist_operator import api, builders, compare
+from mnist_operator import api, builders, compare, policy
 from mnist_operator.builders import Owner
 from mnist_operator.cache import Cache
-from mnist_operator.conditions import Reason
+from mnist_operator.conditions import ConditionType, Reason
 from mnist_operator.kube import ApiError, Discovery, KubeClient
 from mnist_operator.metrics import UNEXPECTED, Metrics
 from mnist_operator.settings import OperatorSettings
@@ -30,6 +31,7 @@ from mnist_operator.status import (
     Observed,
     Problem,
     compute_status,
+    rollout_state,
     transition_events,
 )
 from mnist_operator.workqueue import Requeue, StopRetrying
@@ -75,6 +77,25 @@ def classify(exc: ApiError, verb: str, kind: str) -> Failure:
     )
 
 
+def policy_problems(verdict: policy.Verdict) -> tuple[Problem | None, dict[str, Problem]]:
+    """Ready's problem when the workload was refused, and the problems of ExposureReady and
+    MonitoringReady when those parts were."""
+    refused = {
+        str(condition): Problem(Reason.POLICY_VIOLATION, verdict.describe(part))
+        for condition, part in (
+            (ConditionType.EXPOSURE_READY, policy.Part.EXPOSURE),
+            (ConditionType.MONITORING_READY, policy.Part.MONITORING),
+        )
+        if verdict.refuses(part)
+    }
+    workload = (
+        Problem(Reason.POLICY_VIOLATION, verdict.describe(policy.Part.WORKLOAD))
+        if verdict.refuses(policy.Part.WORKLOAD)
+        else None
+    )
+    return workload, refused
+
+
 @dataclass
 class Reconciler:
     settings: OperatorSettings
@@ -83,6 +104,11 @@ class Reconciler:
     cache: Cache
     metrics: Metrics
     now: Callable[[], str] = utc_now
+    # Hosts in use by our Routes and Ingresses (kopf indexes: host -> claims), for the policy.
+    host_claims: policy.HostClaims = field(default_factory=dict)
+    # Models refused a host another namespace holds (key -> host): reconciled again whenever a
+    # Route or Ingress changes, so they get the host as soon as it is free.
+    waiting_for_host: dict[tuple[str, str], str] = field(default_factory=dict)
 
     async def __call__(self, key: tuple[str, str]) -> None:
         body = self.cache.model(*key)
@@ -120,8 +146,16 @@ class Reconciler:
         except ApiError as exc:
             raise Requeue(f"API discovery failed: {exc}", delay=2) from exc
 
+        verdict = policy.Verdict()
         if spec is not None:
-            failure = await self._apply_children(spec, owner, capabilities)
+            verdict = self._judge(spec, owner, capabilities)
+            spec = verdict.effective(spec)  # what is carried out; status describes that
+            kept: set[str] = set()
+            if verdict.refuses(policy.Part.WORKLOAD):
+                kept.add(api.DEPLOYMENT.kind)
+                spec = self._as_running(spec, owner)
+            failure = await self._apply_children(spec, owner, capabilities, kept)
+        refused_workload, refused = policy_problems(verdict)
 
         exposure_kind = capabilities.exposure_kind
         observed = Observed(
@@ -133,7 +167,8 @@ class Reconciler:
                 if capabilities.service_monitors
                 else None
             ),
-            problem=failure.problem if failure else None,
+            problem=refused_workload or (failure.problem if failure else None),
+            refused=refused,
         )
         status = compute_status(
             spec=spec,
@@ -155,12 +190,45 @@ class Reconciler:
                 raise StopRetrying(failure.problem.message)
             raise Requeue(failure.problem.message, delay=failure.retry_after)
 
+    def _judge(self, spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities) -> policy.Verdict:
+        verdict = policy.evaluate(spec, owner.namespace, self.settings, capabilities, self.host_claims)
+        host = verdict.taken_host
+        if host is None:
+            self.waiting_for_host.pop(owner.key, None)
+        elif self.waiting_for_host.get(owner.key) != host:
+            self.waiting_for_host[owner.key] = host
+            # The user is told only "another namespace"; the admin may know which.
+            holder = min(self.host_claims.get(host, ()), default=None)
+            logger.info(
+                "%s/%s: host %s refused, held by %s",
+                owner.namespace,
+                owner.name,
+                host,
+                f"{holder.namespace}/{holder.name}" if holder else "another namespace",
+            )
+        return verdict
+
+    def _as_running(self, spec: MnistModelSpec, owner: Owner) -> MnistModelSpec:
+        """The spec with the version the kept Deployment runs: no rollout is coming, so status
+        must not announce one (nor the other children's labels a version nobody serves)."""
+        running = rollout_state(self.cache.get(api.DEPLOYMENT.kind, owner.namespace, owner.name))
+        if running.template_version is None:
+            return spec
+        return dataclasses.replace(spec, model_version=running.template_version)
+
     async def _apply_children(
-        self, spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities
+        self, spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities, kept: set[str]
     ) -> Failure | None:
-        """Apply what differs and delete what is unwanted; children are independent, so in parallel."""
-        wanted = [compare.stamp(obj) for obj in builders.desired(spec, owner, self.settings, capabilities)]
-        wanted_kinds = {obj["kind"] for obj in wanted}
+        """Apply what differs and delete what is unwanted; children are independent, so in parallel.
+
+        Kinds in `kept` are neither applied nor deleted: left as they are.
+        """
+        wanted = [
+            compare.stamp(obj)
+            for obj in builders.desired(spec, owner, self.settings, capabilities)
+            if obj["kind"] not in kept
+        ]
+        wanted_kinds = {obj["kind"] for obj in wanted} | kept
         unwanted = [k for k in api.CHILD_KINDS if k.kind not in wanted_kinds and capabilities.serves(k)]
         outcomes = await asyncio.gather(
             *(self._apply_child(obj, owner) for obj in wanted),

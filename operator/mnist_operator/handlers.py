@@ -6,7 +6,10 @@ annotations, a diff base, or a finalizer to every MnistModel. Everything here on
   (children and pods are watched with a server-side label selector: only ours are listed);
 - event handlers queue the owning MnistModel's key, so a hand-deleted or hand-edited child is
   put back within seconds and status follows the pods;
-- a CRD event for the Route or ServiceMonitor API re-runs discovery and every reconcile.
+- a CRD event for the Route or ServiceMonitor API re-runs discovery and every reconcile (unless
+  a namespaced operator may not watch CRDs: it then reads nothing cluster-scoped);
+- two more indexes hold the hosts our Routes and Ingresses serve, for the policy's "a host is never
+  shared between namespaces".
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from typing import Any
 
 import kopf
 
-from mnist_operator import api
+from mnist_operator import api, policy
 from mnist_operator.cache import Cache, owner_key, pod_projection, snapshot
 from mnist_operator.controller import Reconciler
-from mnist_operator.kube import Discovery, KubeClient, default_login
+from mnist_operator.kube import ApiError, Discovery, KubeClient, default_login
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.workqueue import WorkQueue
@@ -32,15 +35,38 @@ logger = logging.getLogger(__name__)
 WATCHED_CHILDREN = (*api.CHILD_KINDS, api.POD)
 OPTIONAL_CRDS = {f"{k.plural}.{k.group}" for k in api.OPTIONAL_KINDS}
 OPTIONAL_API_RECHECK_DELAYS = (0.0, 2.0, 10.0)  # seconds after a Route/ServiceMonitor CRD event
+EXPOSURE_KINDS = (api.INGRESS, api.ROUTE)
 
 
 def index_id(kind: api.ResourceKind) -> str:
     return f"index_{kind.kind.lower()}"
 
 
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
-    """kopf settings that keep the operator from writing anything it does not mean to."""
+def hosts_index_id(kind: api.ResourceKind) -> str:
+    return f"hosts_{kind.kind.lower()}"
+
+
+async def may_read_cluster(client: KubeClient) -> bool:
+    """Whether this identity may watch CRDs: a namespaced install holds Roles only, and kopf must
+    then not try (it would retry a forbidden watch forever)."""
+    try:
+        return await client.allowed("watch", api.CRD)
+    except ApiError as exc:
+        logger.warning("could not ask whether CRDs may be watched (%s): assuming not", exc)
+        return False
+    finally:
+        await client.close()
+
+
+def configure_kopf(settings: kopf.OperatorSettings, *, namespaced: bool = False) -> None:
+    """kopf settings that keep the operator from writing anything it does not mean to.
+
+    `namespaced` (an operator on Roles only): kopf neither lists namespaces nor watches CRDs (both
+    cluster-scoped, which a Role cannot grant); the namespaces are taken as given, the APIs as
+    found at start-up.
+    """
     settings.posting.enabled = False  # our own Events, on transitions only; no "Handler succeeded"
+    settings.scanning.disabled = namespaced
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     for kind in WATCHED_CHILDREN:
@@ -51,9 +77,17 @@ class Operator:
     """Everything one operator process shares between its handlers."""
 
     def __init__(
-        self, settings: OperatorSettings, metrics: Metrics, client: KubeClient | None = None
+        self,
+        settings: OperatorSettings,
+        metrics: Metrics,
+        client: KubeClient | None = None,
+        *,
+        cluster_reads: bool = True,
     ) -> None:
         self.settings = settings
+        # Whether kopf may list namespaces and watch CRDs (cluster-scoped): always when watching
+        # the whole cluster; a namespaced operator may hold only Roles (see `may_read_cluster`).
+        self.cluster_reads = cluster_reads or not settings.namespaces
         self.metrics = metrics
         self.cache = Cache()
         self.client = client or KubeClient(on_write=metrics.observe_write)
@@ -72,6 +106,9 @@ class Operator:
         self.cache.attach(api.KIND, indices[index_id(api.MNISTMODEL)])
         for kind in WATCHED_CHILDREN:
             self.cache.attach(kind.kind, indices[index_id(kind)])
+        self.reconciler.host_claims = policy.CombinedClaims(
+            *(indices[hosts_index_id(kind)] for kind in EXPOSURE_KINDS)
+        )
         self.queue.start()
         self._resync = asyncio.create_task(self._resync_forever(), name="resync")
 
@@ -118,6 +155,11 @@ class Operator:
         if key is not None and self.cache.model(*key) is not None:
             self.queue.add(key)
 
+    def enqueue_waiting_for_host(self) -> None:
+        """A Route or Ingress changed: a host a model was refused may be free now."""
+        for key in list(self.reconciler.waiting_for_host):
+            self.enqueue_owner(key)
+
 
 def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     managed = {api.LABEL_MANAGED_BY: api.MANAGED_BY}
@@ -125,7 +167,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     @kopf.on.startup(id="start", registry=registry)
     async def start(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         # The one place kopf is configured: startup handlers finish before any watch starts.
-        configure_kopf(settings)
+        configure_kopf(settings, namespaced=not op.cluster_reads)
         await op.start(kwargs)
 
     @kopf.on.login(id="login", registry=registry)
@@ -161,6 +203,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         if type == "DELETED":
             op.queue.forget(key)
             op.cache.drop(*key)
+            op.reconciler.waiting_for_host.pop(key, None)
         else:
             op.queue.add(key)
 
@@ -188,6 +231,11 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         instance = labels.get(api.LABEL_INSTANCE)
         op.enqueue_owner((namespace or "", instance) if instance else None)
 
+    if op.cluster_reads:
+        _register_optional_crds(registry, op)
+
+
+def _register_optional_crds(registry: kopf.OperatorRegistry, op: Operator) -> None:
     @kopf.on.event(
         api.CRD.group,
         api.CRD.version,
@@ -216,6 +264,8 @@ def _register_child(
         if type == "DELETED":
             op.cache.observe_deletion(body)
         op.enqueue_owner(owner_key(body))
+        if kind in EXPOSURE_KINDS:
+            op.enqueue_waiting_for_host()
 
     kopf.index(kind.group, kind.version, kind.plural, id=index_id(kind), labels=managed, registry=registry)(
         index_child
@@ -228,3 +278,11 @@ def _register_child(
         labels=managed,
         registry=registry,
     )(child_event)
+    if kind in EXPOSURE_KINDS:
+
+        def index_hosts(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+            return policy.host_claims(body)
+
+        kopf.index(
+            kind.group, kind.version, kind.plural, id=hosts_index_id(kind), labels=managed, registry=registry
+        )(index_hosts)

@@ -123,10 +123,12 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
         kind: str = "",
     ) -> Any:
         """One API call; returns the decoded JSON body, raises ApiError on any non-2xx status."""
         data = json.dumps(body) if body is not None else None
+        headers = {"Content-Type": content_type, "Accept": accept}
         for attempt in (1, 2):
             session = await self._connect(fresh=attempt == 2)
             try:
@@ -135,7 +137,7 @@ class KubeClient:
                     self._server + path,
                     params=params,
                     data=data,
-                    headers={"Content-Type": content_type},
+                    headers=headers,
                 ) as response:
                     text = await response.text()
                     if response.status == 401 and attempt == 1:
@@ -232,6 +234,19 @@ class KubeClient:
             "count": 1,
         }
         await self.request("POST", api.EVENT.path(meta["namespace"]), body=event, kind=api.EVENT.kind)
+
+    async def allowed(self, verb: str, kind: api.ResourceKind) -> bool:
+        """Whether our own identity may `verb` this kind (cluster-wide): a SelfSubjectAccessReview,
+        which every authenticated identity may ask, so it needs no rule of ours."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"verb": verb, "group": kind.group, "resource": kind.plural}},
+        }
+        answer = await self.request(
+            "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review
+        )
+        return bool((answer.get("status") or {}).get("allowed"))
 
     async def served_resources(self, group: str, version: str) -> set[str] | None:
         """Resource names served under group/version, or None when the API is not served."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import socket
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from mnist_operator import __doc__ as package_doc
 from mnist_operator import handlers
+from mnist_operator.kube import KubeClient
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings, SettingsError, describe_variables
 
@@ -47,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     start_http_server(settings.metrics_port, addr=settings.bind_address, registry=prometheus)
 
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, handlers.Operator(settings, metrics))
+    # Asked once, before kopf starts: which handlers to register depends on it.
+    cluster_reads = not settings.namespaces or asyncio.run(handlers.may_read_cluster(KubeClient()))
+    handlers.register(registry, handlers.Operator(settings, metrics, cluster_reads=cluster_reads))
     host = f"[{settings.bind_address}]" if ":" in settings.bind_address else settings.bind_address
     logging.getLogger(__name__).info(
         "watching %s; default image %s; metrics on %s:%d",

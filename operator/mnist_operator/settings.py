@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mnist_operator import policy
+
 PREFIX = "MNIST_OPERATOR_"
 LogFormat = Literal["plain", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("plain", "json")
@@ -47,6 +49,27 @@ class OperatorSettings:
     # Liveness fails once models have waited this long for a reconcile while none has finished:
     # far above the longest healthy reconcile (a few API calls of at most 30 s each).
     queue_stall_seconds: float = 300.0
+
+    # The cluster admin's policy on what a MnistModel may ask of what every team shares
+    # (policy.py; docs/security.md). Lists: "*" alone allows anything.
+    # Annotation keys or key prefixes a MnistModel may put on its Route or Ingress: annotations
+    # configure the shared ingress controller (snippets, auth URLs), so only known-harmless ones.
+    allowed_annotation_prefixes: tuple[str, ...] = ("cert-manager.io/",)
+    # An Ingress without a host answers for every host name its controller serves.
+    require_ingress_host: bool = True
+    # Domains a host must be in ({namespace}: the model's namespace); empty: any host.
+    allowed_host_suffixes: tuple[str, ...] = ()
+    # Images besides the default image's repository: a registry path ending in /, a repository
+    # (any tag), or one image.
+    allowed_images: tuple[str, ...] = ()
+    # ServiceAccounts besides the namespace's default one (they bring pull secrets and cloud
+    # identities).
+    allowed_service_accounts: tuple[str, ...] = ()
+    # Taints a MnistModel may tolerate, as key[=value][:effect]; empty: none (tainted nodes are
+    # usually set aside for someone).
+    allowed_tolerations: tuple[str, ...] = ()
+    # The shortest ServiceMonitor scrape interval a MnistModel may ask for.
+    min_scrape_interval_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
@@ -131,6 +154,20 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("true", "false"):
+        raise ValueError("expected true or false")
+    return value == "true"
+
+
+def _allow_list(entry: Callable[[str], Any]) -> Callable[[str], tuple[str, ...]]:
+    def parse(raw: str) -> tuple[str, ...]:
+        return policy.parse_list(raw, entry)
+
+    return parse
+
+
 def _namespaces(raw: str) -> tuple[str, ...]:
     return tuple(ns.strip() for ns in raw.split(",") if ns.strip())
 
@@ -165,6 +202,45 @@ VARIABLES: tuple[Variable, ...] = (
         _seconds(1),
         "/healthz fails when models have been due this long and no reconcile has finished meanwhile",
     ),
+    Variable(
+        "allowed_annotation_prefixes",
+        _allow_list(policy.parse_annotation_prefix),
+        "annotation keys or key prefixes a MnistModel may set on its Route or Ingress "
+        "(comma-separated; none: no annotations; *: any)",
+    ),
+    Variable(
+        "require_ingress_host",
+        _boolean,
+        "refuse an Ingress without spec.exposure.host (it would answer for every host name)",
+    ),
+    Variable(
+        "allowed_host_suffixes",
+        _allow_list(policy.parse_host_suffix),
+        "domains exposure hosts must be in, {namespace} standing for the model's namespace "
+        "(comma-separated; empty: any host)",
+    ),
+    Variable(
+        "allowed_images",
+        _allow_list(policy.parse_image_entry),
+        "images allowed besides any tag of the default image's repository: registry paths ending "
+        "in /, repositories, images (comma-separated; *: any)",
+    ),
+    Variable(
+        "allowed_service_accounts",
+        _allow_list(policy.parse_service_account),
+        "ServiceAccounts a MnistModel may run as besides its namespace's default one "
+        "(comma-separated; *: any)",
+    ),
+    Variable(
+        "allowed_tolerations",
+        _allow_list(policy.check_toleration_rule),
+        "taints a MnistModel may tolerate, as key[=value][:effect] (comma-separated; empty: none; *: any)",
+    ),
+    Variable(
+        "min_scrape_interval_seconds",
+        _seconds(0),
+        "the shortest ServiceMonitor interval a MnistModel may ask for",
+    ),
 )
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(OperatorSettings)}
@@ -172,6 +248,8 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(OperatorSettings)}
 
 def format_default(value: Any) -> str:
     """A default as --help and the docs show it."""
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, tuple):
         return ",".join(value) or "empty"
     if isinstance(value, float) and value.is_integer():

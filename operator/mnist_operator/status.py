@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from mnist_operator import api
@@ -70,6 +70,9 @@ class Observed:
     exposure: Mapping[str, Any] | None = None  # the Route or the Ingress
     service_monitor: Mapping[str, Any] | None = None
     problem: Problem | None = None
+    # What the operator's policy refused (and so did not apply), by the condition that says so:
+    # ExposureReady, MonitoringReady.
+    refused: Mapping[str, Problem] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -475,6 +478,11 @@ def ready_condition(
     )
 
 
+def _refused(type_: str, observed: Observed) -> Condition | None:
+    problem = observed.refused.get(type_)
+    return Condition(type_, FALSE, problem.reason, problem.message) if problem else None
+
+
 def conditions_for(
     spec: MnistModelSpec | None, owner: Owner, observed: Observed, capabilities: api.Capabilities
 ) -> list[Condition]:
@@ -488,8 +496,12 @@ def conditions_for(
         exposure = Condition(EXPOSURE_READY, UNKNOWN, reason, "the spec is not valid")
         monitoring = Condition(MONITORING_READY, UNKNOWN, reason, "the spec is not valid")
     else:
-        exposure = exposure_condition(spec, owner, capabilities, observed.exposure)
-        monitoring = monitoring_condition(spec, owner, capabilities, observed.service_monitor)
+        exposure = _refused(EXPOSURE_READY, observed) or exposure_condition(
+            spec, owner, capabilities, observed.exposure
+        )
+        monitoring = _refused(MONITORING_READY, observed) or monitoring_condition(
+            spec, owner, capabilities, observed.service_monitor
+        )
     ready = ready_condition(
         spec=spec,
         owner=owner,

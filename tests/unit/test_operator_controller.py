@@ -15,6 +15,7 @@ from mnist_operator.cache import Cache
 from mnist_operator.controller import Reconciler
 from mnist_operator.kube import ApiError, Discovery
 from mnist_operator.metrics import Metrics
+from mnist_operator.policy import HostClaim
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.workqueue import Requeue, StopRetrying
 
@@ -188,11 +189,12 @@ async def test_without_the_watch_catching_up_our_own_writes_are_not_repeated(wor
 
 async def test_turning_exposure_off_deletes_the_ingress(world: Any) -> None:
     client, _, indexes, reconcile = world
-    create(client, indexes, {"modelVersion": "1", "exposure": {"enabled": True}})
+    create(client, indexes, {"modelVersion": "1", "exposure": {"enabled": True, "host": "a.example.com"}})
     await reconcile(("ml", "digits"))
     assert ("Ingress", "ml", "digits") in client.objects
     indexes.sync()
-    create(client, indexes, {"modelVersion": "1", "exposure": {"enabled": False}}, generation=2)
+    off = {"enabled": False, "host": "a.example.com"}
+    create(client, indexes, {"modelVersion": "1", "exposure": off}, generation=2)
     await reconcile(("ml", "digits"))
     assert ("delete", "Ingress", "") in client.writes
     assert ("Ingress", "ml", "digits") not in client.objects
@@ -321,3 +323,99 @@ async def test_a_model_being_deleted_is_left_to_the_garbage_collector(world: Any
     await reconcile(("ml", "digits"))
     await reconcile(("ml", "gone"))
     assert client.writes == []
+
+
+def conditions_of(client: FakeClient) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in client.objects[(api.KIND, "ml", "digits")]["status"]["conditions"]}
+
+
+async def test_a_refused_image_deploys_nothing_new_and_says_why(world: Any) -> None:
+    client, _, indexes, reconcile = world
+    create(client, indexes, {"modelVersion": "1", "replicas": 2})
+    await reconcile(("ml", "digits"))
+    complete_rollout(client, indexes)
+    await reconcile(("ml", "digits"))
+    assert conditions_of(client)["Ready"]["status"] == "True"
+    before = copy.deepcopy(client.objects[("Deployment", "ml", "digits")])
+    client.writes.clear()
+
+    create(client, indexes, {"modelVersion": "2", "replicas": 2, "image": "evil.example.com/miner:1"}, 2)
+    await reconcile(("ml", "digits"))  # no retry: waiting cannot help, the next edit will
+    # The running Deployment is left alone (neither the new image nor the new version); the
+    # Service and the budget still follow the spec, and status says what was refused and why.
+    assert client.objects[("Deployment", "ml", "digits")] == before
+    assert [w for w in client.writes if w[1] == "Deployment"] == []
+    ready = conditions_of(client)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "PolicyViolation")
+    assert "spec.image: image 'evil.example.com/miner:1' is not allowed here" in ready["message"]
+    assert "(MNIST_OPERATOR_ALLOWED_IMAGES)" in ready["message"]
+    assert ("Warning", "PolicyViolation") in client.events
+    # Version 1 still serves, and no rollout of version 2 is announced: none is coming.
+    assert client.objects[(api.KIND, "ml", "digits")]["status"]["modelVersion"] == "1"
+    progressing = conditions_of(client)["Progressing"]
+    assert (progressing["status"], progressing["reason"]) == ("False", "RolloutComplete")
+    assert client.events[-1] == ("Warning", "PolicyViolation")
+
+    create(client, indexes, {"modelVersion": "2", "replicas": 2}, 3)  # the edit that fixes it
+    await reconcile(("ml", "digits"))
+    assert ("apply", "Deployment", "mnist-operator") in client.writes
+
+
+async def test_a_refused_exposure_still_deploys_the_model_and_removes_the_ingress(world: Any) -> None:
+    client, _, indexes, reconcile = world
+    exposure = {"enabled": True, "host": "a.example.com"}
+    create(client, indexes, {"modelVersion": "1", "exposure": exposure})
+    await reconcile(("ml", "digits"))
+    indexes.sync()
+    assert ("Ingress", "ml", "digits") in client.objects
+
+    snippet = {"nginx.ingress.kubernetes.io/configuration-snippet": "return 200;"}
+    create(client, indexes, {"modelVersion": "1", "exposure": {**exposure, "annotations": snippet}}, 2)
+    await reconcile(("ml", "digits"))
+    assert ("Ingress", "ml", "digits") not in client.objects  # never applied with the snippet
+    assert ("Deployment", "ml", "digits") in client.objects
+    conditions = conditions_of(client)
+    exposure_ready = conditions["ExposureReady"]
+    assert (exposure_ready["status"], exposure_ready["reason"]) == ("False", "PolicyViolation")
+    assert "nginx.ingress.kubernetes.io/configuration-snippet may not be set" in exposure_ready["message"]
+    assert ("Warning", "PolicyViolation") in client.events
+    # Only in-cluster now, and status says so.
+    assert client.objects[(api.KIND, "ml", "digits")]["status"]["url"] == "http://digits.ml.svc"
+
+
+async def test_a_refused_service_monitor_interval_leaves_the_model_ready(world: Any) -> None:
+    client, _, indexes, reconcile = world
+    client.served["monitoring.coreos.com"] = True
+    create(
+        client,
+        indexes,
+        {"modelVersion": "1", "monitoring": {"serviceMonitor": {"enabled": True, "interval": "1s"}}},
+    )
+    await reconcile(("ml", "digits"))
+    complete_rollout(client, indexes)
+    await reconcile(("ml", "digits"))
+    assert not any(w[1] == "ServiceMonitor" for w in client.writes)
+    conditions = conditions_of(client)
+    assert (conditions["MonitoringReady"]["status"], conditions["MonitoringReady"]["reason"]) == (
+        "False",
+        "PolicyViolation",
+    )
+    assert conditions["Ready"]["status"] == "True"  # monitoring never held Ready back
+
+
+async def test_a_host_another_namespace_holds_is_refused_until_it_is_free(world: Any) -> None:
+    client, _, indexes, reconcile = world
+    claims: dict[str, list[HostClaim]] = {"a.example.com": [HostClaim("2026-01-01T00:00:00Z", "other", "x")]}
+    reconcile.host_claims = claims
+    create(client, indexes, {"modelVersion": "1", "exposure": {"enabled": True, "host": "a.example.com"}})
+    await reconcile(("ml", "digits"))
+    assert ("Ingress", "ml", "digits") not in client.objects
+    message = conditions_of(client)["ExposureReady"]["message"]
+    assert "a.example.com is already used by a MnistModel in another namespace" in message
+    assert "other" not in message.replace("another", "")
+    assert reconcile.waiting_for_host == {("ml", "digits"): "a.example.com"}
+
+    claims.clear()  # the other namespace's Ingress is gone
+    await reconcile(("ml", "digits"))
+    assert ("Ingress", "ml", "digits") in client.objects
+    assert reconcile.waiting_for_host == {}

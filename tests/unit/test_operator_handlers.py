@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mnist_operator import api
-from mnist_operator.handlers import WATCHED_CHILDREN, Operator, configure_kopf, register
+from mnist_operator.handlers import WATCHED_CHILDREN, Operator, configure_kopf, may_read_cluster, register
+from mnist_operator.kube import ApiError
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.workqueue import WorkQueue
@@ -37,7 +38,12 @@ def test_every_watched_kind_is_indexed_and_triggers_reconciles() -> None:
     reg = registry()
     indexed = {h.id for h in reg._indexing.get_all_handlers()}
     watched = {h.id for h in reg._watching.get_all_handlers()}
-    assert indexed == {"index_mnistmodel", *(f"index_{k.kind.lower()}" for k in WATCHED_CHILDREN)}
+    assert indexed == {
+        "index_mnistmodel",
+        *(f"index_{k.kind.lower()}" for k in WATCHED_CHILDREN),
+        "hosts_ingress",  # the hosts our exposures serve, for the policy
+        "hosts_route",
+    }
     assert watched == {
         "event_mnistmodel",
         "event_optional_crd",
@@ -55,6 +61,51 @@ def test_kopf_settings_post_no_events_and_list_only_our_children() -> None:
     selectors = dict(settings.watching.label_selectors.items())
     assert len(selectors) == len(WATCHED_CHILDREN)
     assert set(selectors.values()) == {"app.kubernetes.io/managed-by=mnist-operator"}
+
+
+def test_a_namespaced_operator_on_roles_alone_reads_nothing_cluster_scoped() -> None:
+    """Watching some namespaces, without leave to watch CRDs (a Role-only install): no CRD
+    handler, and kopf neither lists namespaces nor watches CRDs."""
+    namespaced = OperatorSettings(namespaces=("team-a",))
+    metrics = Metrics.create(CollectorRegistry())
+    reg = kopf.OperatorRegistry()
+    register(reg, Operator(namespaced, metrics, cluster_reads=False))
+    handlers = [*reg._indexing.get_all_handlers(), *reg._watching.get_all_handlers()]
+    assert all(h.selector is not None and h.selector.group != api.CRD.group for h in handlers)
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings, namespaced=True)
+    assert settings.scanning.disabled is True
+    configure_kopf(settings)
+    assert settings.scanning.disabled is False  # kopf notices APIs that come and go
+    # With leave to (a ClusterRole), or cluster-wide whatever it says, CRDs are watched.
+    for operator in (
+        Operator(namespaced, metrics, cluster_reads=True),
+        Operator(OperatorSettings(), metrics, cluster_reads=False),
+    ):
+        reg = kopf.OperatorRegistry()
+        register(reg, operator)
+        assert "event_optional_crd" in {h.id for h in reg._watching.get_all_handlers()}
+
+
+@pytest.mark.asyncio
+async def test_whether_crds_may_be_watched_is_asked_of_the_api_server() -> None:
+    class Client:
+        def __init__(self, answer: bool | ApiError) -> None:
+            self.answer, self.asked, self.closed = answer, [], False
+
+        async def allowed(self, verb: str, kind: api.ResourceKind) -> bool:
+            self.asked.append((verb, kind.plural))
+            if isinstance(self.answer, ApiError):
+                raise self.answer
+            return self.answer
+
+        async def close(self) -> None:
+            self.closed = True
+
+    for answer, expected in ((True, True), (False, False), (ApiError(503, "Down", "x", "POST", "/"), False)):
+        client = Client(answer)
+        assert await may_read_cluster(client) is expected  # type: ignore[arg-type]
+        assert client.asked == [("watch", "customresourcedefinitions")] and client.closed
 
 
 @pytest.mark.asyncio

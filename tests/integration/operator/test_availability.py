@@ -9,12 +9,17 @@ eviction subresource answers exactly as it would on a real cluster: 201 while th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from localcluster import LocalCluster
+
+sys.path.insert(0, str(Path(__file__).parent))
+from operator_support import Kube, StartOperator
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -30,14 +35,14 @@ def mnist(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def pods(op_kube: Any, name: str) -> list[dict[str, Any]]:
+def pods(op_kube: Kube, name: str) -> list[dict[str, Any]]:
     found = json.loads(
         op_kube.kubectl("get", "pods", "-l", f"app.kubernetes.io/instance={name}", "-o", "json").stdout
     )["items"]
     return [p for p in found if not p["metadata"].get("deletionTimestamp")]
 
 
-def ready_pods(op_kube: Any, name: str, count: int) -> list[dict[str, Any]] | None:
+def ready_pods(op_kube: Kube, name: str, count: int) -> list[dict[str, Any]] | None:
     found = [
         p
         for p in pods(op_kube, name)
@@ -46,7 +51,7 @@ def ready_pods(op_kube: Any, name: str, count: int) -> list[dict[str, Any]] | No
     return found if len(found) == count else None
 
 
-def evict(op_kube: Any, pod: str) -> tuple[bool, str]:
+def evict(op_kube: Kube, pod: str) -> tuple[bool, str]:
     """POST the pod's eviction subresource, as `kubectl drain` does; (allowed, what the server said)."""
     eviction = {
         "apiVersion": "policy/v1",
@@ -65,16 +70,14 @@ def evict(op_kube: Any, pod: str) -> tuple[bool, str]:
     return done.returncode == 0, done.stderr
 
 
-def budget_allows(op_kube: Any, name: str, allowed: int) -> dict[str, Any] | None:
+def budget_allows(op_kube: Kube, name: str, allowed: int) -> dict[str, Any] | None:
     budget = op_kube.get("pdb", name)
     status = (budget or {}).get("status") or {}
     current = status.get("observedGeneration") == (budget or {}).get("metadata", {}).get("generation")
     return budget if current and status.get("disruptionsAllowed") == allowed else None
 
 
-def test_an_eviction_that_would_break_the_budget_is_refused(
-    op_kube: Any, op_start: Callable[..., Any]
-) -> None:
+def test_an_eviction_that_would_break_the_budget_is_refused(op_kube: Kube, op_start: StartOperator) -> None:
     op_start(op_kube.namespace)
     op_kube.apply(mnist("guarded", replicas=2))
     model = op_kube.wait_ready("guarded")
@@ -119,9 +122,7 @@ def test_an_eviction_that_would_break_the_budget_is_refused(
     assert op_kube.get("pdb", "guarded") is None
 
 
-def test_autoscaled_models_get_a_budget_from_min_replicas_2(
-    op_kube: Any, op_start: Callable[..., Any]
-) -> None:
+def test_autoscaled_models_get_a_budget_from_min_replicas_2(op_kube: Kube, op_start: StartOperator) -> None:
     op_start(op_kube.namespace)
     op_kube.apply(mnist("elastic", autoscaling={"minReplicas": 2, "maxReplicas": 4}))
     op_kube.wait_exists("pdb", "elastic")
@@ -158,7 +159,7 @@ def spare_nodes(cluster: LocalCluster) -> Iterator[list[str]]:
 
 
 def test_replicas_spread_over_nodes_and_a_drain_keeps_the_model_serving(
-    op_kube: Any, op_start: Callable[..., Any], spare_nodes: list[str]
+    op_kube: Kube, op_start: StartOperator, spare_nodes: list[str]
 ) -> None:
     op_start(op_kube.namespace)
     spread = {"topologySpread": {"nodes": "Required"}}
@@ -205,7 +206,7 @@ BAD_AVAILABILITY = [
 
 @pytest.mark.parametrize(("availability", "message"), BAD_AVAILABILITY)
 def test_the_api_server_rejects_bad_availability_naming_the_field(
-    op_kube: Any, availability: dict[str, Any], message: str
+    op_kube: Kube, availability: dict[str, Any], message: str
 ) -> None:
     body = mnist("bad", availability=availability)
     done = op_kube.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body), check=False)
@@ -213,7 +214,7 @@ def test_the_api_server_rejects_bad_availability_naming_the_field(
     assert message in done.stderr, done.stderr
 
 
-def test_availability_defaults(op_kube: Any) -> None:
+def test_availability_defaults(op_kube: Kube) -> None:
     done = op_kube.kubectl(
         "create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(mnist("fine"))
     )
