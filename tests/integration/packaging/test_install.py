@@ -1,7 +1,8 @@
 """The install: every kustomization renders with the cluster's own kubectl, every overlay holds the
 whole install, passes a server-side dry run against the real API server (with the Route,
 ServiceMonitor, PrometheusRule and Argo CD Application CRDs installed), and its RBAC is exactly
-what the operator's code calls. The Argo CD pieces are checked against the real API server too.
+what the operator's code calls. The namespaced overlay holds Roles only, and the same rules minus
+what is cluster-scoped. The Argo CD pieces are checked against the real API server too.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ from packaging_support import Render, namespace_if_missing
 
 OVERLAYS = ("kubernetes", "openshift", "dev")
 SYSTEM_NAMESPACE = "mnist-operator-system"
+NAMESPACED = "namespaced"
+TEAM_NAMESPACE = "mnist-models"  # the namespaced overlay's own; overlays of it set theirs
+USER_ROLES = {("ClusterRole", "mnistmodels-edit"), ("ClusterRole", "mnistmodels-view")}
+CLUSTER_SCOPED_KINDS = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 DASHBOARD = REPO_ROOT / "manifests" / "monitoring" / "mnist-dashboard.json"
 HEALTH_KEY = "resource.customizations.health.aidevsecops.dev_MnistModel"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
 def overlay(name: str) -> Path:
@@ -48,16 +54,18 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found
 
 
-def granted(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
-    """(apiGroup, resource) -> verbs, over the ClusterRoles bound to the operator's account."""
+def granted(
+    docs: list[dict[str, Any]], namespace: str = SYSTEM_NAMESPACE, *, role_kind: str = "ClusterRole"
+) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs, over the (Cluster)Roles bound to the operator's account."""
     bound = {
         b["roleRef"]["name"]
-        for b in by_kind(docs, "ClusterRoleBinding")
-        if {"kind": "ServiceAccount", "name": "mnist-operator", "namespace": SYSTEM_NAMESPACE}
-        in b["subjects"]
+        for b in by_kind(docs, f"{role_kind}Binding")
+        if {"kind": "ServiceAccount", "name": "mnist-operator", "namespace": namespace} in b["subjects"]
+        and b["roleRef"]["kind"] == role_kind
     }
     rules: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for role in by_kind(docs, "ClusterRole"):
+    for role in by_kind(docs, role_kind):
         if role["metadata"]["name"] not in bound:
             continue
         for rule in role["rules"]:
@@ -102,11 +110,11 @@ def test_overlay_holds_the_whole_install(name: str, pkg_render: Render) -> None:
         ("ServiceMonitor", "mnist-operator"),
         ("PrometheusRule", "mnist-operator"),
         ("ConfigMap", "mnist-dashboard"),
+        *USER_ROLES,
     }
-    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
     for doc in docs:
         assert doc["metadata"].get("namespace") == (
-            None if doc["kind"] in cluster_scoped else SYSTEM_NAMESPACE
+            None if doc["kind"] in CLUSTER_SCOPED_KINDS else SYSTEM_NAMESPACE
         )
 
     crd = one(docs, "CustomResourceDefinition", "mnistmodels.aidevsecops.dev")
@@ -166,18 +174,17 @@ def test_operator_deployment(name: str, pkg_render: Render) -> None:
         assert settings.default_image == "mnist-server:dev" and settings.log_level == "debug"
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
-def test_rbac_grants_what_the_operator_calls_and_nothing_else(name: str, pkg_render: Render) -> None:
-    rules = granted(pkg_render(overlay(name)))
-    exposure = api.ROUTE if name == "openshift" else api.INGRESS
+def expected_rules(exposure: api.ResourceKind, *, namespaced: bool) -> dict[tuple[str, str], set[str]]:
+    """What the operator's code calls (kube.py, handlers.py, kopf): the RBAC must be exactly this."""
     other_exposure = api.INGRESS if exposure is api.ROUTE else api.ROUTE
     expected: dict[tuple[str, str], set[str]] = {
         (api.GROUP, api.PLURAL): {"list", "watch"},  # kopf's cache; the spec is never written
         (api.GROUP, f"{api.PLURAL}/status"): {"patch"},
         (api.GROUP, f"{api.PLURAL}/finalizers"): {"update"},  # blockOwnerDeletion on OpenShift
         (api.EVENT.group, api.EVENT.plural): {"create"},
-        (api.CRD.group, api.CRD.plural): {"list", "watch"},
     }
+    if not namespaced:  # a namespaced operator watches no CRDs (handlers.configure_kopf)
+        expected[api.CRD.group, api.CRD.plural] = {"list", "watch"}
     for kind in WATCHED_CHILDREN:  # kopf lists and watches every child kind (and the pods)
         expected[kind.group, kind.plural] = {"list", "watch"}
     for kind in (api.DEPLOYMENT, api.SERVICE, api.SERVICE_MONITOR, api.HPA, api.PDB, exposure):
@@ -188,7 +195,94 @@ def test_rbac_grants_what_the_operator_calls_and_nothing_else(name: str, pkg_ren
         expected[api.ROUTE.group, "routes/custom-host"] = {"create"}
         expected[other_exposure.group, other_exposure.plural].add("delete")  # an Ingress from before
     assert set(api.CHILD_KINDS) | {api.POD} == set(WATCHED_CHILDREN)
-    assert rules == expected
+    return expected
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_rbac_grants_what_the_operator_calls_and_nothing_else(name: str, pkg_render: Render) -> None:
+    rules = granted(pkg_render(overlay(name)))
+    exposure = api.ROUTE if name == "openshift" else api.INGRESS
+    assert rules == expected_rules(exposure, namespaced=False)
+
+
+@pytest.mark.parametrize("exposure", [api.INGRESS, api.ROUTE], ids=["ingress", "route"])
+def test_namespaced_rbac_grants_the_same_minus_what_is_cluster_scoped(
+    exposure: api.ResourceKind, pkg_render: Render
+) -> None:
+    docs = pkg_render(REPO_ROOT / "manifests" / "rbac" / "namespaced")
+    docs += pkg_render(REPO_ROOT / "manifests" / "rbac" / "namespaced" / exposure.kind.lower())
+    assert not {d["kind"] for d in docs} & CLUSTER_SCOPED_KINDS
+    assert granted(docs, role_kind="Role") == expected_rules(exposure, namespaced=True)
+
+
+def test_namespaced_overlay_holds_roles_only_and_watches_its_own_namespace(pkg_render: Render) -> None:
+    docs = pkg_render(overlay(NAMESPACED))
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == {
+        ("ServiceAccount", "mnist-operator"),
+        ("Role", "mnist-operator"),
+        ("Role", "mnist-operator-exposure"),
+        ("RoleBinding", "mnist-operator"),
+        ("RoleBinding", "mnist-operator-exposure"),
+        ("Deployment", "mnist-operator"),
+        ("Service", "mnist-operator-metrics"),
+        ("ServiceMonitor", "mnist-operator"),
+        ("PrometheusRule", "mnist-operator"),
+        ("ConfigMap", "mnist-dashboard"),
+    }
+    assert all(d["metadata"]["namespace"] == TEAM_NAMESPACE for d in docs)
+    assert granted(docs, TEAM_NAMESPACE, role_kind="Role") == expected_rules(api.INGRESS, namespaced=True)
+
+    [container] = one(docs, "Deployment", "mnist-operator")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    # The namespace it runs in, whatever an overlay of this one names it: where its Role applies.
+    assert env["MNIST_OPERATOR_NAMESPACES"] == {
+        "name": "MNIST_OPERATOR_NAMESPACES",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    }
+    settings = OperatorSettings.from_env(
+        {
+            **{k: e["value"] for k, e in env.items() if "value" in e},
+            "MNIST_OPERATOR_NAMESPACES": TEAM_NAMESPACE,
+        }
+    )
+    assert settings.namespaces == (TEAM_NAMESPACE,)
+
+
+def test_the_cluster_scoped_part_is_the_crd_and_the_user_roles(pkg_render: Render) -> None:
+    docs = pkg_render(REPO_ROOT / "kustomize" / "cluster-scoped")
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == {
+        ("CustomResourceDefinition", "mnistmodels.aidevsecops.dev"),
+        *USER_ROLES,
+    }
+    edit, view = one(docs, "ClusterRole", "mnistmodels-edit"), one(docs, "ClusterRole", "mnistmodels-view")
+    assert {k for k, v in edit["metadata"]["labels"].items() if k.startswith("rbac.") and v == "true"} == {
+        "rbac.authorization.k8s.io/aggregate-to-admin",
+        "rbac.authorization.k8s.io/aggregate-to-edit",
+    }
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    # Users never write the status (the operator's) or the finalizers (holding a deletion up).
+    edit_resources = {r for rule in edit["rules"] for r in rule["resources"] if "update" in rule["verbs"]}
+    assert edit_resources == {api.PLURAL, f"{api.PLURAL}/scale"}
+    assert {v for rule in view["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
+
+
+def test_namespaced_overlay_passes_a_server_side_dry_run(
+    cluster: LocalCluster, pkg_crds: None, pkg_render: Render
+) -> None:
+    team = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": TEAM_NAMESPACE, "labels": RESTRICTED},
+    }
+    with namespace_if_missing(cluster, team):
+        for mode in ([], ["--server-side", "--field-manager=mnist-install-test"]):
+            done = cluster.kubectl(
+                "apply", "-k", str(overlay(NAMESPACED)), "--dry-run=server", *mode, check=False
+            )
+            assert done.returncode == 0, done.stderr
+            assert "would violate PodSecurity" not in done.stderr
+            lines = done.stdout.strip().splitlines()
+            assert len(lines) == 10 and all(line.endswith("(server dry run)") for line in lines), lines
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
@@ -204,7 +298,7 @@ def test_overlay_passes_a_server_side_dry_run(
             assert done.returncode == 0, done.stderr
             assert "would violate PodSecurity" not in done.stderr
             lines = done.stdout.strip().splitlines()
-            assert len(lines) == 12 and all(line.endswith("(server dry run)") for line in lines), lines
+            assert len(lines) == 14 and all(line.endswith("(server dry run)") for line in lines), lines
 
 
 def test_argocd_application_passes_a_server_side_dry_run(

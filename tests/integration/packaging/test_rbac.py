@@ -51,6 +51,7 @@ CHILD_RESOURCES = (
     "routes",
     "servicemonitors",
     "horizontalpodautoscalers",
+    "poddisruptionbudgets",
 )
 
 
@@ -169,6 +170,7 @@ def test_operator_runs_with_only_the_shipped_rbac(  # noqa: PLR0917 (pytest fixt
                 detail = f"still there: {left}\nstatus: {json.dumps(status, indent=1)}"
                 pytest.fail(f"{exc}\n{detail}\n{operator.log()[-4000:]}")
             assert body["status"]["readyReplicas"] == 2
+            assert get(cluster, "pdb", apps, "digits") is not None  # 2 replicas: a budget
             # Gone before the next operator starts: a cluster-wide operator would pick it up.
             cluster.kubectl("delete", "mnistmodel", "digits", "-n", apps, "--wait=true", "--timeout=60s")
         finally:
@@ -199,6 +201,7 @@ def test_operator_runs_with_only_the_shipped_rbac(  # noqa: PLR0917 (pytest fixt
         EXPOSURE[exposure],
         "servicemonitors",
         "horizontalpodautoscalers",
+        "poddisruptionbudgets",
     }
     others = cluster.audit_events(
         lambda e: (
