@@ -9,7 +9,9 @@ annotations, a diff base, or a finalizer to every MnistModel. Everything here on
 - a CRD event for the Route or ServiceMonitor API re-runs discovery and every reconcile (unless
   a namespaced operator may not watch CRDs: it then reads nothing cluster-scoped);
 - two more indexes hold the hosts our Routes and Ingresses serve, for the policy's "a host is never
-  shared between namespaces".
+  shared between namespaces";
+- every resync starts with an authoritative relist (relist.py) that removes from the indexes what
+  was deleted while a watch was down.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import kopf
 
-from mnist_operator import api, policy
+from mnist_operator import api, policy, relist
 from mnist_operator.cache import Cache, owner_key, pod_projection, snapshot
 from mnist_operator.controller import Reconciler
 from mnist_operator.kube import ApiError, Discovery, KubeClient, default_login
@@ -105,7 +107,8 @@ class Operator:
     async def start(self, indices: Mapping[str, Any]) -> None:
         self.cache.attach(api.KIND, indices[index_id(api.MNISTMODEL)])
         for kind in WATCHED_CHILDREN:
-            self.cache.attach(kind.kind, indices[index_id(kind)])
+            hosts = [indices[hosts_index_id(kind)]] if kind in EXPOSURE_KINDS else []
+            self.cache.attach(kind.kind, indices[index_id(kind)], *hosts)
         self.reconciler.host_claims = policy.CombinedClaims(
             *(indices[hosts_index_id(kind)] for kind in EXPOSURE_KINDS)
         )
@@ -130,8 +133,40 @@ class Operator:
     async def _resync_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
+            try:
+                await self.relist()
+            except Exception:  # a bug: logged, and the resync goes on
+                logger.exception("the relist failed")
             logger.debug("periodic resync of %d models", len(self.cache.model_keys()))
             self.enqueue_all()
+
+    async def relist(self) -> None:
+        """Forget what was deleted while a watch was down, and reconcile the models concerned."""
+        for kind in [api.KINDS_BY_KIND[k] for k in self.cache.kinds()]:
+            try:
+                listing = await relist.list_objects(self.client, kind, self.settings.namespaces)
+            except ApiError as exc:
+                logger.warning("could not list %s to check the cache (next resync): %s", kind.plural, exc)
+                continue
+            if listing is None:
+                continue  # not served
+            purged = self.cache.purge(kind.kind, listing.objects, listing.resource_version)
+            if not purged:
+                continue
+            logger.warning(
+                "%d %s deleted while a watch was down (a watch gap): forgotten", len(purged), kind.plural
+            )
+            self.metrics.cache_purged.labels(kind=kind.kind).inc(len(purged))
+            for key in set(purged):
+                if kind == api.MNISTMODEL:
+                    self.model_gone(key)
+                else:
+                    self.enqueue_owner(key)
+
+    def model_gone(self, key: tuple[str, str]) -> None:
+        self.queue.forget(key)
+        self.cache.drop(*key)
+        self.reconciler.waiting_for_host.pop(key, None)
 
     def recheck_optional_apis(self) -> None:
         """Re-run discovery and every reconcile now, and again shortly after.
@@ -201,9 +236,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     async def model_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
         key = (namespace or "", name)
         if type == "DELETED":
-            op.queue.forget(key)
-            op.cache.drop(*key)
-            op.reconciler.waiting_for_host.pop(key, None)
+            op.model_gone(key)
         else:
             op.queue.add(key)
 

@@ -25,6 +25,7 @@ class Metrics:
     queue_oldest_age: Gauge
     queue_retries: Counter
     worker_restarts: Counter
+    cache_purged: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -73,6 +74,13 @@ class Metrics:
             worker_restarts=Counter(
                 "mnist_operator_workqueue_worker_restarts_total",
                 "Reconcile workers that ended unexpectedly and were replaced (0 unless there is a bug).",
+                registry=registry,
+            ),
+            cache_purged=Counter(
+                "mnist_operator_cache_purged_total",
+                "Objects the periodic relist found deleted although the watch cache still held them "
+                "(their deletion fell into a watch gap), by kind.",
+                ["kind"],
                 registry=registry,
             ),
         )

@@ -21,7 +21,7 @@ import pytest
 from localcluster import REPO_ROOT, LocalCluster
 
 sys.path.insert(0, str(Path(__file__).parent))
-from operator_support import Kube, OperatorProcess, StartOperator
+from operator_support import Kube, StartOperator, started_operators
 
 FIXTURE_CRDS = REPO_ROOT / "tests" / "fixtures" / "crds"
 OPTIONAL_CRDS = {
@@ -78,23 +78,8 @@ def plain_apis(cluster: LocalCluster) -> Iterator[None]:
 def op_start(
     cluster: LocalCluster, mnist_crd: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[StartOperator]:
-    started: list[OperatorProcess] = []
-
-    def start(*namespaces: str, **env: str) -> OperatorProcess:
-        log = tmp_path / f"operator-{len(started)}.log"
-        process = OperatorProcess(
-            cluster, list(namespaces), log, {f"MNIST_OPERATOR_{k.upper()}": v for k, v in env.items()}
-        )
-        started.append(process)
-        return process.start()
-
-    yield start
-    for process in started:
-        process.stop()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for process in started:
-            print(f"--- operator log {process.log_path} ---\n{process.log_tail(200)}")
+    with started_operators(cluster, tmp_path, request) as start:
+        yield start
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

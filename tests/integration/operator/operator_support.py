@@ -1,6 +1,7 @@
 """Helpers for the operator's integration tests and their conftest (imported by path, like
-tests/unit's): `mnist-operator` as a subprocess (`OperatorProcess`, started by the `op_start`
-fixture, a `StartOperator`) and kubectl and API helpers for one namespace (`Kube`, the `op_kube`
+tests/unit's; tests/integration/faults uses them too): `mnist-operator` as a subprocess
+(`OperatorProcess`, started by the `op_start` fixture, a `StartOperator`, from
+`started_operators`) and kubectl and API helpers for one namespace (`Kube`, the `op_kube`
 fixture)."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -30,6 +31,16 @@ T = TypeVar("T")
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:
     """testkit.wait_for with the longer default that operator round trips need."""
     return testkit.wait_for(probe, what, timeout, interval)
+
+
+def mnist_model(name: str, **spec: Any) -> dict[str, Any]:
+    """A MnistModel manifest (modelVersion "1" unless the spec says otherwise)."""
+    return {
+        "apiVersion": "aidevsecops.dev/v1alpha1",
+        "kind": "MnistModel",
+        "metadata": {"name": name},
+        "spec": {"modelVersion": "1", **spec},
+    }
 
 
 def free_port() -> int:
@@ -120,6 +131,31 @@ class StartOperator(Protocol):
     settings as keyword arguments (`workers="2"` is MNIST_OPERATOR_WORKERS=2)."""
 
     def __call__(self, *namespaces: str, **env: str) -> OperatorProcess: ...
+
+
+@contextlib.contextmanager
+def started_operators(
+    cluster: LocalCluster, log_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[StartOperator]:
+    """The `op_start` fixture: operators a test starts are stopped after it, and their logs shown
+    when it failed (the conftest's makereport hook sets `rep_call`)."""
+    started: list[OperatorProcess] = []
+
+    def start(*namespaces: str, **env: str) -> OperatorProcess:
+        log = log_dir / f"operator-{len(started)}.log"
+        process = OperatorProcess(
+            cluster, list(namespaces), log, {f"MNIST_OPERATOR_{k.upper()}": v for k, v in env.items()}
+        )
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for process in started:
+            print(f"--- operator log {process.log_path} ---\n{process.log_tail(200)}")
 
 
 class Kube:
