@@ -1,38 +1,63 @@
-"""The Flask app factory: thin routes over a ``Model``, the protocol modules and the metrics.
+"""The app factory: thin routes over a ``Model``, the protocol modules and the metrics.
 
-Every error a route, a decoder or Werkzeug raises is turned into JSON in one place
-(``Endpoints.error_response``): ``{"error": <what was wrong>, "reason": <machine-readable>}`` with
-the error's HTTP status, and counted by reason.
+``create_app`` returns an :class:`App`, served by Granian's RSGI interface in production: the
+worker's event loop reads request bodies (within a size limit, a byte budget and a deadline), so
+a slow or stalled client holds no thread; JSON of a small request is decoded on the loop, image
+uploads and large bodies on ``THREADS`` decoding threads; the model runs in the micro-batcher's
+thread. The same app is a WSGI application (tests use Werkzeug's test client on it).
+
+Every error a route, a decoder or the HTTP layer raises is turned into JSON in one place
+(``App.error_response``): ``{"error": <what was wrong>, "reason": <machine-readable>}`` with the
+error's HTTP status, and counted by reason.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
+import io
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import orjson
-from flask import Flask, Response, g, request
-from flask.json.provider import DefaultJSONProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-from werkzeug.routing import BaseConverter
-from werkzeug.sansio.response import Response as SansioResponse
+from werkzeug.exceptions import HTTPException
+from werkzeug.formparser import MultiPartParser
+from werkzeug.http import parse_options_header
+from werkzeug.test import Client
 
 from mnist_server.decoding import Batch, JsonBody, images_from_upload, parse_json
 from mnist_server.errors import (
     ApiError,
+    BodyTimeoutError,
     InvalidInputError,
     MethodNotAllowedError,
     NotFoundError,
     NotReadyError,
+    OverloadedError,
     Reason,
     TooLargeError,
     UnsupportedMediaTypeError,
+)
+from mnist_server.http import (
+    BodyBudget,
+    BodyBudgetError,
+    BodyTooLargeError,
+    Handler,
+    Request,
+    Response,
+    Route,
+    Router,
+    allowed_methods,
+    decode_path,
+    json_response,
+    read_body,
 )
 from mnist_server.metrics import UNMATCHED, ServerMetrics, exposition_registry
 from mnist_server.model import Images, LoadState, Model, Probabilities
@@ -46,16 +71,16 @@ IMAGE_TYPES = ("image/png", "image/jpeg")
 MULTIPART = "multipart/form-data"
 UPLOAD_FIELD = "file"
 SHUTTING_DOWN = "the server is shutting down; it answers requests until it stops"
+# Bodies up to this size are decoded on the event loop (a single image's JSON takes ~0.1 ms);
+# larger ones, and every image upload, on the decoding threads.
+INLINE_DECODE_BYTES = 64 * 1024
+# Bytes of request bodies a worker holds at once, in units of MAX_BODY_BYTES (docs/server.md).
+BODY_BUDGET_BODIES = 8
 
 _MODEL = "<name>"
 _VERSION = "<name>/versions/<version>"
-Handler = Callable[..., Any]
-
-
-class _PathSegment(BaseConverter):
-    """A model name or version: one path segment without ':' (TF Serving puts ':predict' after it)."""
-
-    regex = r"[^/:]+"
+T = TypeVar("T")
+Receive = Callable[[], Awaitable[bytes]]
 
 
 def create_app(
@@ -66,40 +91,267 @@ def create_app(
     multiprocess_dir: Path | None = None,
     readiness_gate: Callable[[], str | None] | None = None,
     draining: Callable[[], bool] | None = None,
-) -> Flask:
+) -> App:
     """The server for one model. ``registry`` holds this process's metrics; with
     ``multiprocess_dir`` (several worker processes) ``/metrics`` serves all workers' aggregate.
     ``readiness_gate``, once the model is ready, says why the server is not (e.g. other workers
     still loading), or None. ``draining`` is true once the server is shutting down: it is then
     not ready, and closes each connection after its response (see ``mnist_server.shutdown``)."""
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json = _FastJSONProvider(app)
-    app.json.sort_keys = False  # keep the documented field order
-    # Also keeps the route templates (the metrics' endpoint label) free of converter names.
-    app.url_map.converters["default"] = _PathSegment
     metrics = ServerMetrics(registry, model.name, model.version)
+    app = App(settings, metrics, draining or _never)
     endpoints = Endpoints(
         settings,
         model,
         metrics,
         exposition_registry(registry, multiprocess_dir),
         readiness_gate=readiness_gate,
-        draining=draining or _never,
+        draining=app.draining,
+        decode=app.decode,
+        alone=app.alone,
     )
     # A model that batches requests reports its own model calls; otherwise each request is one.
     observe_batches = getattr(model, "observe_batches", None)
     if callable(observe_batches):
         observe_batches(metrics.observe_batch)
         endpoints.model_reports_batches = True
-    for method, rule, handler in endpoints.routes():
-        app.add_url_rule(rule, endpoint=handler.__name__, view_func=handler, methods=[method])
-    app.before_request(endpoints.start_timer)
-    app.after_request(endpoints.record_request)
-    app.register_error_handler(ApiError, endpoints.error_response)
-    app.register_error_handler(HTTPException, endpoints.http_error)
-    app.register_error_handler(Exception, endpoints.unexpected_error)
+    app.route(endpoints.routes())
     return app
+
+
+class App:
+    """One model's HTTP server: routing, body limits, admission, errors and request metrics, over
+    the :class:`Endpoints`. An RSGI application (``__rsgi__``) and a WSGI one (``__call__``)."""
+
+    testing = False
+
+    def __init__(self, settings: Settings, metrics: ServerMetrics, draining: Callable[[], bool]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.draining = draining
+        self.router = Router([])
+        self.budget = BodyBudget(BODY_BUDGET_BODIES * settings.max_body_bytes)
+        self._inflight = 0
+        self._decoder: ThreadPoolExecutor | None = None
+        self._wsgi_loops = threading.local()
+
+    def route(self, table: Iterable[tuple[str, str, Handler]]) -> None:
+        self.router = Router(
+            [
+                Route(method, rule, handler, asyncio.iscoroutinefunction(handler))
+                for method, rule, handler in table
+            ]
+        )
+
+    def inflight(self) -> int:
+        """Requests of this worker past their body: being decoded, waiting for the model or in it."""
+        return self._inflight
+
+    def alone(self) -> bool:
+        """Whether the request being handled is the only work of this worker's event loop: no
+        other request past its body, and no callback ready to run (such as a request that has just
+        arrived). Work done on the loop blocks it; only a lone request may do so, for speed. Under
+        load, decoding and model calls leave the loop, which so stays free to read requests,
+        answer probes and refuse what it cannot admit within milliseconds."""
+        if self._inflight > 1:
+            return False
+        ready = getattr(asyncio.get_running_loop(), "_ready", None)  # asyncio's run queue
+        return ready is not None and not ready
+
+    async def decode(self, request: Request, parse: Callable[[Request], T]) -> T:
+        """``parse(request)``: on the event loop for a lone small request, else on a decoding
+        thread (image uploads and large bodies always)."""
+        if (
+            len(request.body) <= INLINE_DECODE_BYTES
+            and request.mimetype not in _UPLOAD_TYPES
+            and self.alone()
+        ):
+            return parse(request)
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="decode")
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, parse, request)
+
+    # --- one request, whatever the interface ----------------------------------------------
+
+    async def respond(self, request: Request, receive: Receive) -> Response:
+        """The response to ``request``; ``receive`` reads its body (raising an ApiError for a body
+        too large, too slow, or beyond the worker's budget)."""
+        endpoint = UNMATCHED
+        admitted = False
+        body_read = True
+        try:
+            if request.method == "OPTIONS":
+                response = self._options(request)
+            else:
+                route, params = self.router.match(request.method, request.path)
+                endpoint = route.rule
+                if route.method == "POST":
+                    # Bounded admission: past the limit, a fast 503 instead of a queue that grows
+                    # until every answer is late (probes are never refused). Checked before the
+                    # body is read, so that refusing costs next to nothing, and again after it.
+                    self._admit()
+                    body_read = False
+                    request.body = await receive()
+                    body_read = True
+                    self._admit()
+                    self._inflight += 1
+                    admitted = True
+                result = route.handler(request, **params)
+                if route.is_async:
+                    result = await result
+                response = result if isinstance(result, Response) else json_response(result)
+        except ApiError as error:
+            response = self.error_response(request, error)
+        except Exception as error:
+            # Should never happen: every known failure is an ApiError. Counted as "internal".
+            log.exception("unexpected error on %s %s", request.method, request.path[:200])
+            response = self.error_response(
+                request, ApiError(f"internal server error ({type(error).__name__}); see the server log")
+            )
+        finally:
+            if admitted:
+                self._inflight -= 1
+        self.metrics.observe_request(endpoint, response.status, time.perf_counter() - request.started)
+        if not body_read or self.draining():
+            # An unread body leaves the connection unusable. While draining, keep-alive connections
+            # would stay pinned to this pod until it stops, and break then; closed after each
+            # answer, clients reconnect through the Service to pods that stay.
+            response.headers.append(("connection", "close"))
+        return response
+
+    def _admit(self) -> None:
+        if self._inflight >= self.settings.max_inflight:
+            raise OverloadedError(
+                f"this worker is already handling {self._inflight} requests, its limit "
+                f"({PREFIX}MAX_INFLIGHT); retry later"
+            )
+
+    def error_response(self, request: Request, error: ApiError) -> Response:
+        """The one place an error becomes a response: JSON, its status, counted by reason."""
+        self.metrics.observe_error(error.reason)
+        # Client errors and "not ready yet" are routine (and counted); only a bug is an error.
+        level = logging.ERROR if error.reason is Reason.INTERNAL else logging.DEBUG
+        log.log(
+            level, "%s %s -> %d %s: %s", request.method, request.path[:200], error.status, error.reason, error
+        )
+        response = json_response({"error": error.message, "reason": error.reason.value}, error.status)
+        if error.retry_after is not None:
+            response.headers.append(("retry-after", str(error.retry_after)))
+        if isinstance(error, MethodNotAllowedError) and error.allowed:
+            response.headers.append(("allow", ", ".join(error.allowed)))
+        return response
+
+    def _options(self, request: Request) -> Response:
+        resolved = self.router.resolve(request.path)
+        if resolved is None:
+            self.router.match(request.method, request.path)  # the 404
+            raise AssertionError("unreachable")
+        return Response(b"", 200, "text/plain", [("allow", ", ".join(allowed_methods(resolved[0])))])
+
+    def _too_large(self) -> TooLargeError:
+        return TooLargeError(
+            f"request body is larger than {self.settings.max_body_bytes} bytes ({PREFIX}MAX_BODY_BYTES)",
+            Reason.BODY_TOO_LARGE,
+        )
+
+    # --- RSGI (Granian): bodies read on the event loop --------------------------------------
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":
+            return
+        request = Request(scope.method, decode_path(scope.path), scope.headers, time.perf_counter())
+        held = [0]
+
+        async def receive() -> bytes:
+            declared = request.content_length
+            if declared is not None and declared > self.settings.max_body_bytes:
+                raise self._too_large()
+            reading = read_body(
+                protocol,
+                chunks=protocol,
+                declared=declared,
+                limit=self.settings.max_body_bytes,
+                budget=self.budget,
+                held=held,
+            )
+            try:
+                # wait_for, not asyncio.timeout(): Granian's task type cannot be cancelled.
+                return await asyncio.wait_for(reading, self.settings.body_timeout)
+            except TimeoutError:
+                raise BodyTimeoutError(
+                    f"the request body did not arrive within {self.settings.body_timeout} s "
+                    f"({PREFIX}BODY_TIMEOUT)"
+                ) from None
+            except BodyTooLargeError:
+                raise self._too_large() from None
+            except BodyBudgetError:
+                raise OverloadedError(
+                    f"this worker already holds {self.budget.used} bytes of request bodies "
+                    f"(limit {self.budget.limit}); retry later"
+                ) from None
+            except _PROTOCOL_CLOSED:
+                raise InvalidInputError(
+                    "the client closed the connection before sending the whole body"
+                ) from None
+
+        try:
+            response = await self.respond(request, receive)
+        finally:
+            self.budget.give_back(held[0])
+        with contextlib.suppress(*_PROTOCOL_CLOSED):  # the client has gone: nobody to answer
+            protocol.response_bytes(response.status, response.header_list(), response.body)
+
+    # --- WSGI: tests (Werkzeug's test client) and any WSGI server ----------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        headers = {
+            key[5:].replace("_", "-").lower(): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(key):
+                headers[key.replace("_", "-").lower()] = environ[key]
+        path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+        request = Request(environ["REQUEST_METHOD"], path, headers, time.perf_counter())
+
+        async def receive() -> bytes:
+            return self._read_wsgi_body(environ, request.content_length)
+
+        loop = getattr(self._wsgi_loops, "loop", None)
+        if loop is None:
+            loop = self._wsgi_loops.loop = asyncio.new_event_loop()
+        response = loop.run_until_complete(self.respond(request, receive))
+        status = f"{response.status} {HTTPStatus(response.status).phrase}"
+        start_response(status, [*response.header_list(), ("content-length", str(len(response.body)))])
+        return [response.body]
+
+    def _read_wsgi_body(self, environ: dict[str, Any], declared: int | None) -> bytes:
+        limit = self.settings.max_body_bytes
+        if declared is not None and declared > limit:
+            raise self._too_large()
+        stream = environ["wsgi.input"]
+        if declared is not None:
+            data: bytes = stream.read(declared)
+            return data
+        if not environ.get("wsgi.input_terminated"):
+            return b""  # WSGI: no length and no terminated stream means no body
+        data = stream.read(limit + 1)
+        if len(data) > limit:
+            raise self._too_large()
+        return data
+
+    def test_client(self) -> TestClient:
+        return TestClient(self)
+
+
+class TestClient(Client):
+    """Werkzeug's test client, usable as a context manager like Flask's."""
+
+    def __enter__(self) -> TestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 class Endpoints:
@@ -114,6 +366,8 @@ class Endpoints:
         *,
         readiness_gate: Callable[[], str | None] | None,
         draining: Callable[[], bool],
+        decode: Callable[[Request, Callable[[Request], Any]], Awaitable[Any]],
+        alone: Callable[[], bool],
     ) -> None:
         self.settings = settings
         self.model = model
@@ -121,8 +375,13 @@ class Endpoints:
         self.exposed = exposed
         self.readiness_gate = readiness_gate
         self.draining = draining
+        self.decode = decode
+        self.alone = alone
         self.version = _package_version()
         self.model_reports_batches = False
+        self._predict_async: Callable[[Images, bool], Awaitable[Probabilities]] | None = getattr(
+            model, "predict_async", None
+        )
 
     def routes(self) -> tuple[tuple[str, str, Handler], ...]:
         """(method, rule, handler): the whole HTTP surface in one table."""
@@ -148,11 +407,11 @@ class Endpoints:
 
     # --- health, readiness, metrics -------------------------------------------------------
 
-    def healthz(self) -> Any:
+    def healthz(self, request: Request) -> Any:
         self._require_alive()
         return {"status": "alive"}
 
-    def readyz(self) -> Any:
+    def readyz(self, request: Request) -> Any:
         self._require_ready()
         model = self.model
         return {
@@ -160,103 +419,74 @@ class Endpoints:
             "model": {"name": model.name, "version": model.version, "metadata": dict(model.metadata)},
         }
 
-    def prometheus_metrics(self) -> Response:
+    def prometheus_metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.exposed), content_type=CONTENT_TYPE_LATEST)
 
     # --- the tutorial's /predict ----------------------------------------------------------
 
-    def predict(self) -> Any:
+    async def predict(self, request: Request) -> Any:
+        batch = await self.decode(request, self._tutorial_batch)
+        probabilities = await self._infer(batch.images)
+        return tutorial.response(probabilities, batch.single, time.perf_counter() - request.started)
+
+    def _tutorial_batch(self, request: Request) -> Batch:
         mimetype = request.mimetype
-        if mimetype in (MULTIPART, *IMAGE_TYPES):
-            batch = Batch(images_from_upload(self._read_upload()), single=True)
-        elif _is_json(mimetype):
-            batch = tutorial.parse_request(self._read_json(), self.settings.max_batch)
-        else:
-            raise UnsupportedMediaTypeError(
-                f"Content-Type {mimetype!r} is not supported; send {JSON}, {MULTIPART} with a "
-                f"{UPLOAD_FIELD!r} field, or {' or '.join(IMAGE_TYPES)}"
-            )
-        probabilities = self._infer(batch.images)
-        return tutorial.response(probabilities, batch.single, _elapsed())
+        if mimetype in _UPLOAD_TYPES:
+            return Batch(images_from_upload(self._read_upload(request)), single=True)
+        if _is_json(mimetype):
+            return tutorial.parse_request(self._read_json(request), self.settings.max_batch)
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {mimetype!r} is not supported; send {JSON}, {MULTIPART} with a "
+            f"{UPLOAD_FIELD!r} field, or {' or '.join(IMAGE_TYPES)}"
+        )
 
     # --- Open Inference Protocol v2 -------------------------------------------------------
 
-    def v2_server_metadata(self) -> Any:
+    def v2_server_metadata(self, request: Request) -> Any:
         return v2.server_metadata(self.version)
 
-    def healthz_v2(self) -> Any:
+    def healthz_v2(self, request: Request) -> Any:
         self._require_alive()
         return {"live": True}
 
-    def readyz_v2(self) -> Any:
+    def readyz_v2(self, request: Request) -> Any:
         self._require_ready()
         return {"ready": True}
 
-    def v2_model_metadata(self, name: str, version: str | None = None) -> Any:
+    def v2_model_metadata(self, request: Request, name: str, version: str | None = None) -> Any:
         self._check_model(name, version)
         return v2.model_metadata(self.model)
 
-    def v2_model_ready(self, name: str, version: str | None = None) -> Any:
+    def v2_model_ready(self, request: Request, name: str, version: str | None = None) -> Any:
         self._check_model(name, version)
         self._require_ready()
         return {"name": self.model.name, "ready": True}
 
-    def v2_infer(self, name: str, version: str | None = None) -> Any:
+    async def v2_infer(self, request: Request, name: str, version: str | None = None) -> Any:
         self._check_model(name, version)
-        header_length = request.headers.get(v2.BINARY_HEADER)
+        parsed = await self.decode(request, self._v2_request)
+        return v2.infer_response(self.model, parsed.id, await self._infer(parsed.images))
+
+    def _v2_request(self, request: Request) -> v2.InferRequest:
+        header_length = request.header(v2.BINARY_HEADER.lower())
         if header_length is None:
-            parsed = v2.parse_infer_request(self._read_json(), self.settings.max_batch)
-        else:  # the binary tensor extension: any Content-Type
-            parsed = v2.parse_binary_infer_request(self._read_body(), header_length, self.settings.max_batch)
-        return v2.infer_response(self.model, parsed.id, self._infer(parsed.images))
+            return v2.parse_infer_request(self._read_json(request), self.settings.max_batch)
+        # the binary tensor extension: any Content-Type
+        return v2.parse_binary_infer_request(request.body, header_length, self.settings.max_batch)
 
     # --- TensorFlow Serving REST ----------------------------------------------------------
 
-    def tfserving_status(self, name: str, version: str | None = None) -> Any:
+    def tfserving_status(self, request: Request, name: str, version: str | None = None) -> Any:
         self._check_model(name, version)
         return tfserving.model_status(self.model)
 
-    def tfserving_predict(self, name: str, version: str | None = None) -> Any:
+    async def tfserving_predict(self, request: Request, name: str, version: str | None = None) -> Any:
         self._check_model(name, version)
-        parsed = tfserving.parse_predict_request(self._read_json(), self.settings.max_batch)
-        return tfserving.predict_response(self._infer(parsed.images), parsed.row_format)
+        parsed = await self.decode(request, self._tfserving_request)
+        return tfserving.predict_response(await self._infer(parsed.images), parsed.row_format)
 
-    # --- request hooks and errors: the one place errors become responses ------------------
-
-    def start_timer(self) -> None:
-        g.started = time.perf_counter()
-
-    def record_request(self, response: Response) -> Response:
-        endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-        self.metrics.observe_request(endpoint, response.status_code, _elapsed())
-        if self.draining():
-            # Keep-alive connections would stay pinned to this pod until it stops, and break then;
-            # closed after each answer, clients reconnect through the Service to pods that stay.
-            response.headers["Connection"] = "close"
-        return response
-
-    def error_response(self, error: ApiError, headers: dict[str, str] | None = None) -> Response:
-        self.metrics.observe_error(error.reason)
-        # Client errors and "not ready yet" are routine (and counted); only a bug is an error.
-        level = logging.ERROR if error.reason is Reason.INTERNAL else logging.DEBUG
-        log.log(level, "%s %s -> %d %s: %s", request.method, request.path, error.status, error.reason, error)
-        body = _json_dumps({"error": error.message, "reason": error.reason.value})
-        response = Response(body, status=error.status, mimetype=JSON, headers=headers)
-        if error.retry_after is not None:
-            response.headers["Retry-After"] = str(error.retry_after)
-        return response
-
-    def http_error(self, error: HTTPException) -> Response:
-        allowed = getattr(error, "valid_methods", None)
-        headers = {"Allow": ", ".join(sorted(allowed))} if allowed else None
-        return self.error_response(_from_http(error, self.settings), headers)
-
-    def unexpected_error(self, error: Exception) -> Response:
-        # Should never fire: every known failure is an ApiError. Counted under reason "internal".
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return self.error_response(
-            ApiError(f"internal server error ({type(error).__name__}); see the server log")
-        )
+    def _tfserving_request(self, request: Request) -> tfserving.PredictRequest:
+        return tfserving.parse_predict_request(self._read_json(request), self.settings.max_batch)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -289,58 +519,69 @@ class Endpoints:
         if self.model.state is LoadState.FAILED:
             raise NotReadyError(self.model.state_message, Reason.LOAD_FAILED)
 
-    def _infer(self, images: Images) -> Probabilities:
+    async def _infer(self, images: Images) -> Probabilities:
         started = time.perf_counter()
-        probabilities = self.model.predict(images)
+        if self._predict_async is not None:
+            probabilities = await self._predict_async(images, self.alone())
+        else:
+            probabilities = self.model.predict(images)
         if self.model_reports_batches:
             self.metrics.observe_predictions(probabilities.argmax(axis=1))
         else:
             self.metrics.observe_inference(probabilities.argmax(axis=1), time.perf_counter() - started)
         return probabilities
 
-    def _read_json(self) -> JsonBody:
+    def _read_json(self, request: Request) -> JsonBody:
         mimetype = request.mimetype
         if not _is_json(mimetype):
             raise UnsupportedMediaTypeError(
                 f"Content-Type {mimetype!r} is not supported here; send {JSON} "
                 f"(curl: -H 'Content-Type: {JSON}')"
             )
-        return parse_json(self._read_body())
+        return parse_json(request.body, self.settings.max_batch)
 
-    def _read_upload(self) -> bytes:
-        if request.mimetype == MULTIPART:
-            self._read_body(cache=True)  # the form parser then reads the checked, cached body
-            upload = request.files.get(UPLOAD_FIELD)
-            if upload is None:
-                raise InvalidInputError(
-                    f"the multipart upload has no {UPLOAD_FIELD!r} field "
-                    f"(curl: -F {UPLOAD_FIELD}=@digit.png)",
-                    Reason.MISSING_FIELD,
-                )
-            data: bytes = upload.read()
-            return data
-        return self._read_body()
-
-    def _read_body(self, cache: bool = False) -> bytes:
-        data = request.get_data(cache=cache)
-        # Werkzeug refuses a Content-Length above the limit (413) but silently cuts a streamed
-        # (chunked) body at the limit: a body that reached it is taken as too large.
-        if request.content_length is None and len(data) >= self.settings.max_body_bytes:
-            raise _from_http(RequestEntityTooLarge(), self.settings)
+    def _read_upload(self, request: Request) -> bytes:
+        if request.mimetype != MULTIPART:
+            return request.body
+        boundary = parse_options_header(request.content_type)[1].get("boundary")
+        if not boundary:
+            raise InvalidInputError("the multipart body has no boundary in its Content-Type")
+        parser = MultiPartParser(
+            stream_factory=_memory_stream, max_form_memory_size=len(request.body), max_form_parts=64
+        )
+        try:
+            _, files = parser.parse(
+                io.BytesIO(request.body), boundary.encode("latin-1", "replace"), len(request.body)
+            )
+        except (ValueError, HTTPException) as exc:
+            raise InvalidInputError(f"the multipart body is malformed: {exc}") from None
+        upload = files.get(UPLOAD_FIELD)
+        if upload is None:
+            raise InvalidInputError(
+                f"the multipart upload has no {UPLOAD_FIELD!r} field (curl: -F {UPLOAD_FIELD}=@digit.png)",
+                Reason.MISSING_FIELD,
+            )
+        data: bytes = upload.read()
         return data
 
 
-class _FastJSONProvider(DefaultJSONProvider):
-    """Responses serialised by orjson: several times faster than the standard library's encoder,
-    which matters when a response is a few hundred bytes and the model call takes 50 us."""
+_UPLOAD_TYPES = (MULTIPART, *IMAGE_TYPES)
 
-    def response(self, *args: Any, **kwargs: Any) -> SansioResponse:
-        value = args[0] if len(args) == 1 and not kwargs else (args or kwargs)
-        try:
-            body = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
-        except TypeError:  # a type orjson does not know: Flask's encoder knows more
-            return super().response(*args, **kwargs)
-        return Response(body, mimetype=self.mimetype)
+
+def _protocol_closed() -> tuple[type[BaseException], ...]:
+    try:
+        from granian._granian import RSGIProtocolClosed, RSGIProtocolError
+    except ImportError:  # Granian is only needed to serve, not to test
+        return ()
+    return (RSGIProtocolClosed, RSGIProtocolError)
+
+
+_PROTOCOL_CLOSED = _protocol_closed()
+
+
+def _memory_stream(*args: Any, **kwargs: Any) -> io.BytesIO:
+    # The body is already in memory (and bounded): no spooling to temporary files.
+    return io.BytesIO()
 
 
 def _never() -> bool:
@@ -350,36 +591,6 @@ def _never() -> bool:
 def _is_json(mimetype: str) -> bool:
     # No Content-Type at all is read as JSON: the tutorial's clients do not always send one.
     return not mimetype or mimetype == JSON or mimetype.endswith("+json")
-
-
-def _elapsed() -> float:
-    started: float = g.get("started", time.perf_counter())
-    return time.perf_counter() - started
-
-
-def _json_dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _from_http(error: HTTPException, settings: Settings) -> ApiError:
-    path = request.path[:200]
-    if error.code == 404:
-        return NotFoundError(f"no route for {request.method} {path}; see docs/server.md for the endpoints")
-    if error.code == 405:
-        allowed = ", ".join(sorted(getattr(error, "valid_methods", None) or []))
-        return MethodNotAllowedError(f"{request.method} is not allowed on {path}; allowed: {allowed}")
-    if error.code == 413:
-        return TooLargeError(
-            f"request body is larger than {settings.max_body_bytes} bytes ({PREFIX}MAX_BODY_BYTES)",
-            Reason.BODY_TOO_LARGE,
-        )
-    if error.code == 415:
-        return UnsupportedMediaTypeError(error.description or "unsupported media type")
-    if error.code is not None and 400 <= error.code < 500:
-        converted = InvalidInputError(error.description or error.name)
-        converted.status = error.code
-        return converted
-    return ApiError(f"{error.name}: {error.description}")
 
 
 def _package_version() -> str:

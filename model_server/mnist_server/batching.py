@@ -14,6 +14,10 @@ in its own thread: handing it to the batching thread and back would cost two thr
 about a quarter of a single-image request's CPU. Requests arriving meanwhile queue, and the
 batching thread takes them when that call ends; only one model call runs at a time either way.
 
+Callers are threads (:meth:`MicroBatcher.predict`, blocking) or coroutines on an event loop
+(:meth:`MicroBatcher.predict_async`): the batching thread hands a loop all the answers of one
+batch in one wake-up, and a coroutine alone on its loop runs an idle model inline.
+
 A request larger than ``max_batch_size`` is split into chunks that may ride in different
 batches; its answer is reassembled in order. A failing model call fails only the callers whose
 images were in that batch; a caller that gives up (timeout) has its queued chunks dropped.
@@ -21,6 +25,8 @@ images were in that batch; a caller that gives up (timeout) has its queued chunk
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -89,13 +95,17 @@ class Pending:
     that is held from creation until the answer is in, which costs one futex wake per chunk.
     """
 
-    __slots__ = ("_done", "_error", "_result", "enqueued", "images", "size", "state")
+    __slots__ = ("_done", "_error", "_result", "enqueued", "future", "images", "size", "state")
 
-    def __init__(self, images: FloatArray, enqueued: float) -> None:
+    def __init__(
+        self, images: FloatArray, enqueued: float, future: asyncio.Future[FloatArray] | None = None
+    ) -> None:
         self.images = images
         self.size = int(images.shape[0])
         self.enqueued = enqueued
         self.state = _QUEUED  # changed only under the batcher's lock
+        # A coroutine's answer: set on its event loop (see _settle), not through the lock.
+        self.future = future
         self._result: FloatArray | None = None
         self._error: BaseException | None = None
         self._done = threading.Lock()
@@ -117,6 +127,33 @@ class Pending:
     def _finish(self, result: FloatArray | None = None, error: BaseException | None = None) -> None:
         self._result, self._error, self.state = result, error, _DONE
         self._done.release()
+
+
+def _finish_all(finished: list[tuple[Pending, FloatArray | None, BaseException | None]]) -> None:
+    """Answer the chunks of one batch: threads through their locks, coroutines through one call
+    into each event loop (a single wake-up for all the coroutines of a batch)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Pending, FloatArray | None, BaseException | None]]]
+    by_loop = {}
+    for item in finished:
+        chunk, result, error = item
+        chunk._finish(result, error)
+        future = chunk.future
+        if future is not None:
+            by_loop.setdefault(future.get_loop(), []).append(item)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(items: list[tuple[Pending, FloatArray | None, BaseException | None]]) -> None:
+    for chunk, result, error in items:
+        future = chunk.future
+        if future is None or future.done():  # its caller gave up (timeout)
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
 
 
 class MicroBatcher:
@@ -172,6 +209,29 @@ class MicroBatcher:
             raise BatchTimeoutError(f"no answer for {images.shape[0]} image(s) in {timeout_s:g} s") from None
         return np.concatenate(parts)
 
+    async def predict_async(
+        self, images: FloatArray, alone: bool = False, timeout_s: float | None = None
+    ) -> FloatArray:
+        """:meth:`predict` for a coroutine: the event loop goes on while the batching thread runs
+        the model. ``alone``: no other request is being handled on this loop, so an idle model is
+        called inline (a hand-off to the batching thread and back would cost more than the call)."""
+        if alone and self._claim_idle_model(int(images.shape[0])):
+            return self._run_inline(images)
+        loop = asyncio.get_running_loop()
+        chunks = self.submit(images, loop)
+        futures = [chunk.future for chunk in chunks if chunk.future is not None]
+        timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
+        # wait_for, not asyncio.timeout(): the caller may run in a task that cannot be cancelled
+        # (Granian's own task type, see mnist_server.serving).
+        try:
+            if len(futures) == 1:
+                return await asyncio.wait_for(futures[0], timeout_s)
+            parts = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+        except TimeoutError:
+            self._cancel(chunks)
+            raise BatchTimeoutError(f"no answer for {images.shape[0]} image(s) in {timeout_s:g} s") from None
+        return np.concatenate(parts)
+
     def _claim_idle_model(self, count: int) -> bool:
         if self.config.max_wait_s > 0 or count > self.config.max_batch_size:
             return False
@@ -212,14 +272,18 @@ class MicroBatcher:
                 self._start_locked()
                 self._cond.notify()
 
-    def submit(self, images: FloatArray) -> list[Pending]:
-        """Queue ``images`` (split into chunks of at most ``max_batch_size``); one answer per chunk."""
+    def submit(self, images: FloatArray, loop: asyncio.AbstractEventLoop | None = None) -> list[Pending]:
+        """Queue ``images`` (split into chunks of at most ``max_batch_size``); one answer per chunk,
+        also as a future on ``loop`` when given."""
         count = int(images.shape[0])
         if count == 0:
             raise ValueError("no images to predict")
         limit = self.config.max_batch_size
         now = time.monotonic()
-        chunks = [Pending(images[start : start + limit], now) for start in range(0, count, limit)]
+        chunks = [
+            Pending(images[start : start + limit], now, None if loop is None else loop.create_future())
+            for start in range(0, count, limit)
+        ]
         with self._cond:
             if self._closed:
                 raise BatcherClosedError("the model server is shutting down")
@@ -260,13 +324,15 @@ class MicroBatcher:
             thread = self._thread
         if thread is not None:
             thread.join(timeout_s)
+        left: list[tuple[Pending, FloatArray | None, BaseException | None]] = []
         with self._cond:
             while self._queue:
                 chunk = self._queue.popleft()
                 if chunk.state == _QUEUED:
                     chunk.state = _RUNNING
-                    chunk._finish(error=BatcherClosedError("the model server shut down first"))
+                    left.append((chunk, None, BatcherClosedError("the model server shut down first")))
             self._queued_images = 0
+        _finish_all(left)
 
     def _start_locked(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -324,13 +390,14 @@ class MicroBatcher:
         try:
             output = self._call_model(images)
         except Exception as exc:
-            for chunk in batch:
-                chunk._finish(error=exc)
+            _finish_all([(chunk, None, exc) for chunk in batch])
             return
+        finished: list[tuple[Pending, FloatArray | None, BaseException | None]] = []
         offset = 0
         for chunk in batch:
-            chunk._finish(output[offset : offset + chunk.size])
+            finished.append((chunk, output[offset : offset + chunk.size], None))
             offset += chunk.size
+        _finish_all(finished)
 
 
 __all__ = [

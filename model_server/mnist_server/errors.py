@@ -23,6 +23,7 @@ class Reason(StrEnum):
     EMPTY_BATCH = "empty_batch"
     BATCH_TOO_LARGE = "batch_too_large"
     BODY_TOO_LARGE = "body_too_large"
+    BODY_TIMEOUT = "body_timeout"
     BAD_IMAGE = "bad_image"
     BAD_REQUEST = "bad_request"
     MODEL_NOT_FOUND = "model_not_found"
@@ -74,6 +75,17 @@ class NotFoundError(ApiError):
 class MethodNotAllowedError(ApiError):
     status = 405
     default_reason = Reason.METHOD_NOT_ALLOWED
+
+    def __init__(self, message: str, reason: Reason | None = None, allowed: list[str] | None = None) -> None:
+        super().__init__(message, reason)
+        self.allowed = allowed or []
+
+
+class BodyTimeoutError(ApiError):
+    """The request body did not arrive within the read deadline (a stalled or very slow client)."""
+
+    status = 408
+    default_reason = Reason.BODY_TIMEOUT
 
 
 class NotReadyError(ApiError):

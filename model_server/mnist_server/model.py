@@ -238,6 +238,16 @@ class RepositoryModel:
         except BatchingError as exc:
             raise from_batching(exc) from None
 
+    async def predict_async(self, images: Images, alone: bool = False) -> Probabilities:
+        """:meth:`predict` from a coroutine: waits for the batching thread without blocking the
+        event loop; ``alone`` (no other request on the loop) lets an idle model run inline."""
+        if self._state is not LoadState.READY or self._batcher is None:
+            return self.predict(images)
+        try:
+            return await self._batcher.predict_async(images, alone)
+        except BatchingError as exc:
+            raise from_batching(exc) from None
+
     def close(self) -> None:
         """Finish queued work and stop the batching thread."""
         if self._batcher is not None:

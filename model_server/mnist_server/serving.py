@@ -1,9 +1,12 @@
-"""Running the app under Granian: WORKERS processes, each answering requests on THREADS threads.
+"""Running the app under Granian: WORKERS processes, each answering requests on an event loop.
 
-Why Granian and not gunicorn: Granian parses HTTP and keeps connections alive in Rust, and hands
-the WSGI app a ready request on one of its Python threads. gunicorn's ``gthread`` worker does all
-of that in Python, with a round trip through its main thread's poller for every request; on two
-cores that cost more than Flask and the model together (docs/benchmarks.md has the figures).
+Granian parses HTTP and keeps connections alive in Rust, and hands the app each request through
+its RSGI interface, on the worker's asyncio event loop. The loop reads bodies as they arrive, so
+slow or stalled clients hold no thread (a body has BODY_TIMEOUT seconds, headers and idle
+keep-alive connections KEEP_ALIVE_TIMEOUT); small requests are decoded on the loop, images and
+large bodies on THREADS decoding threads, and the model runs in the micro-batcher's thread.
+(Before, the app ran under Granian's WSGI interface on THREADS request threads: four clients
+sending a body slowly pinned all four.)
 
 The master process never imports TensorFlow (it is not fork-safe and costs ~500 MB): each worker
 builds its own app after the fork and loads the model in a background thread, so ``/healthz``
@@ -35,8 +38,7 @@ from mnist_server.repository import ModelVersion
 from mnist_server.settings import Settings
 
 if TYPE_CHECKING:
-    from flask import Flask
-
+    from mnist_server.app import App
     from mnist_server.shutdown import DrainingServer, Lifecycle
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def build_server(
 ) -> DrainingServer:
     """The Granian server for these settings (not started). Each worker process builds its app
     with :func:`build_worker_app` once it has been forked; ``lifecycle`` is shared with them."""
-    from granian.constants import HTTPModes, Interfaces
+    from granian.constants import HTTPModes, Interfaces, Loops, TaskImpl
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
@@ -61,12 +63,23 @@ def build_server(
         "mnist-server",  # only a label: serve() hands Granian the loader that builds the app
         address=settings.host,
         port=settings.port,
-        interface=Interfaces.WSGI,
-        # HTTP/1.1 with keep-alive is what probes, Prometheus and model clients speak.
+        interface=Interfaces.RSGI,
+        # HTTP/1.1 with keep-alive is what probes, Prometheus and model clients speak. Hyper's
+        # header timeout also runs while a keep-alive connection waits for its next request: it
+        # closes idle connections and cuts clients that trickle their headers.
         http=HTTPModes.http1,
-        http1_settings=HTTP1Settings(keep_alive=True),
+        http1_settings=HTTP1Settings(keep_alive=True, header_read_timeout=settings.keep_alive_timeout * 1000),
         workers=settings.workers,
-        blocking_threads=settings.threads,
+        blocking_threads=1,  # the one thread running the event loop (RSGI allows no other value)
+        # asyncio's own loop, even where uvloop is installed: the app reads its run queue
+        # (App.alone) to keep work off a busy loop.
+        loop=Loops.asyncio,
+        # Granian's own task type for the requests' coroutines: about a third more requests per
+        # second here than asyncio's Task (it exists for Python < 3.12). It cannot be cancelled,
+        # so the app bounds its waits with asyncio.wait_for, never asyncio.timeout().
+        task_impl=TaskImpl.rust if sys.version_info < (3, 12) else TaskImpl.asyncio,
+        # Open connections per worker: past it, new ones wait in the listen backlog.
+        backpressure=settings.max_connections,
         respawn_failed_workers=True,
         log_level=LogLevels(settings.log_level),
         log_dictconfig=_granian_logging(),
@@ -95,7 +108,7 @@ def serve(settings: Settings, model_version: ModelVersion) -> None:
 
 def build_worker_app(
     settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None, lifecycle: Lifecycle
-) -> Flask:
+) -> App:
     """In a worker process, after the fork: the app, with the model loading in the background."""
     # Until Granian installs its own handlers (after this returns), SIGTERM would reach the handler
     # inherited from the master, which does nothing in a worker: the worker would ignore it and be

@@ -32,8 +32,8 @@ class Settings:
     host: str = "0.0.0.0"  # a container must listen on its pod IP, not only on loopback
     port: int = 8080
     workers: int = 1
-    # Python threads per worker. More threads mostly fight over the GIL: 4 beat 2, 8 and 32 on
-    # two cores (the --sweep table in docs/benchmarks.md).
+    # Threads per worker that decode image uploads and large bodies; everything else runs on the
+    # worker's event loop. Also bounds the memory decoding can take at once (docs/server.md).
     threads: int = 4
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch: int = 128
@@ -50,6 +50,14 @@ class Settings:
     batch_max_wait_ms: float = 0.0
     # 0: the available CPUs shared out between the workers (at least one thread each).
     inference_threads: int = 0
+    # Requests per worker being decoded, waiting for the model or in it; more get a 503 at once.
+    max_inflight: int = 128
+    # Seconds a request body may take to arrive (408 after), and an idle keep-alive connection
+    # (or a client sending its headers) may stay open.
+    body_timeout: int = 15
+    keep_alive_timeout: int = 5
+    # Open connections per worker; more wait in the listen backlog until one closes.
+    max_connections: int = 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -161,7 +169,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "workers", _int_in(1, 64), "worker processes; each holds its own copy of TensorFlow and the model"
     ),
-    Variable("threads", _int_in(1, 256), "request threads per worker process"),
+    Variable("threads", _int_in(1, 256), "threads per worker decoding image uploads and large bodies"),
     Variable("max_body_bytes", _int_in(1024, 1024**3), "largest request body accepted (413 above)"),
     Variable("max_batch", _int_in(1, 100_000), "most images accepted in one request (413 above)"),
     Variable("log_level", _log_level, "one of " + ", ".join(LOG_LEVELS)),
@@ -193,6 +201,18 @@ VARIABLES: tuple[Variable, ...] = (
         _int_in(0, 256),
         "backend threads per worker; 0: the CPUs shared out between workers",
     ),
+    Variable(
+        "max_inflight",
+        _int_in(1, 100_000),
+        "requests per worker being decoded or waiting for the model; more get 503 at once",
+    ),
+    Variable("body_timeout", _int_in(1, 3600), "seconds a request body may take to arrive (408 after)"),
+    Variable(
+        "keep_alive_timeout",
+        _int_in(1, 60),
+        "seconds an idle keep-alive connection stays open, and a client may take to send its headers",
+    ),
+    Variable("max_connections", _int_in(16, 65_535), "open connections per worker; more wait to be accepted"),
 )
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}

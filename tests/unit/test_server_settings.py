@@ -50,6 +50,10 @@ def test_every_variable_is_read() -> None:
         "MNIST_SERVER_BATCH_MAX_SIZE": "32",
         "MNIST_SERVER_BATCH_MAX_WAIT_MS": "2.5",
         "MNIST_SERVER_INFERENCE_THREADS": "1",
+        "MNIST_SERVER_MAX_INFLIGHT": "64",
+        "MNIST_SERVER_BODY_TIMEOUT": "20",
+        "MNIST_SERVER_KEEP_ALIVE_TIMEOUT": "9",
+        "MNIST_SERVER_MAX_CONNECTIONS": "300",
     }
     assert {var.env_name for var in VARIABLES} == set(env)
     assert Settings.from_env(env) == Settings(
@@ -70,6 +74,10 @@ def test_every_variable_is_read() -> None:
         batch_max_size=32,
         batch_max_wait_ms=2.5,
         inference_threads=1,
+        max_inflight=64,
+        body_timeout=20,
+        keep_alive_timeout=9,
+        max_connections=300,
     )
 
 
@@ -145,15 +153,29 @@ def test_cli_help_documents_every_variable(capsys: pytest.CaptureFixture[str]) -
         assert var.flag in out
 
 
-def test_granian_serves_the_wsgi_app_with_the_settings() -> None:
+def test_granian_serves_the_rsgi_app_with_the_settings() -> None:
     from granian.constants import HTTPModes, Interfaces
 
-    settings = Settings(host="127.0.0.1", port=8123, workers=3, threads=5, graceful_timeout=7)
+    settings = Settings(
+        host="127.0.0.1",
+        port=8123,
+        workers=3,
+        threads=5,
+        graceful_timeout=7,
+        keep_alive_timeout=4,
+        max_connections=200,
+    )
     server = build_server(settings, None)
     assert (server.bind_addr, server.bind_port) == ("127.0.0.1", 8123)
-    assert server.interface == Interfaces.WSGI
+    # The event loop reads bodies: slow clients hold no thread (threads only decode).
+    assert server.interface == Interfaces.RSGI
     assert server.http == HTTPModes.http1
-    assert (server.workers, server.blocking_threads) == (3, 5)
+    assert (server.workers, server.blocking_threads) == (3, 1)
+    # Idle keep-alive connections and header trickling are cut by hyper's header timeout, and
+    # open connections are bounded per worker.
+    assert server.http1_settings is not None
+    assert server.http1_settings.header_read_timeout == 4000
+    assert server.backpressure == 200
     assert server.workers_kill_timeout == 7
     assert server.respawn_failed_workers is True  # a worker that dies is replaced
     assert server.log_access is False
