@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 MODELS ?= models
 PYTEST_ARGS ?=
 
-.PHONY: help install lint test test-unit k8s cluster-up cluster-down cluster-status train serve demo bench clean
+.PHONY: help deps install lint test test-unit k8s cluster-up cluster-down cluster-status train serve demo bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with all extras
 
+deps: ## the Debian packages (as root; without root it only says what is missing)
+	bash hack/debian-packages.sh
+
 lint: install ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -33,13 +36,13 @@ lint: install ## ruff and mypy
 k8s: ## build (or find in the cache) the local Kubernetes control plane binaries
 	bash hack/build-k8s.sh
 
-test: install k8s ## set up everything and run all tests (unit, real control plane, real server)
+test: deps install k8s ## set up everything and run all tests (unit, real control plane, real server)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install ## quick tests that need no control plane
 	$(PY) -m pytest --no-cluster -m 'not slow' $(PYTEST_ARGS)
 
-cluster-up: install k8s ## start the local control plane in .cluster/ (prints how to use it)
+cluster-up: deps install k8s ## start the local control plane in .cluster/ (prints how to use it)
 	PYTHONPATH=hack $(PY) -m localcluster up
 
 cluster-down: ## stop the local control plane
@@ -55,7 +58,7 @@ serve: install ## serve the newest model in $(MODELS) on 127.0.0.1:8080
 	MNIST_SERVER_MODEL_ROOT=$(MODELS) MNIST_SERVER_HOST=127.0.0.1 $(BIN)/mnist-server
 
 DEMO_ARGS ?=
-demo: install k8s ## local demo: control plane, CRD, RBAC, operator, a sample MnistModel Ready, a real prediction
+demo: deps install k8s ## local demo: control plane, CRD, RBAC, operator, a sample MnistModel Ready, a real prediction
 	$(PY) hack/demo.py --models $(MODELS) $(DEMO_ARGS)
 
 BENCH_ARGS ?=

@@ -1,17 +1,28 @@
-"""`make demo`: the MnistModel operator end to end on this machine, in a couple of minutes.
+"""`make demo`: the MnistModel operator end to end on this machine.
 
-1. starts a real local control plane (hack/localcluster/: etcd, kube-apiserver,
-   controller-manager, scheduler, kwok);
-2. installs the MnistModel CRD and the operator's shipped RBAC (manifests/rbac + ingress/);
-3. trains a small model on a subset of real MNIST into models/mnist/1, unless a version 1 is
+1. starts a real local cluster (hack/localcluster/: etcd, kube-apiserver, controller-manager,
+   scheduler, kwok and, where the host can run one, a real node: containerd, kubelet,
+   kube-proxy);
+2. trains a small model on a subset of real MNIST into models/mnist/1, unless a version 1 is
    there already (`--full` trains the full model instead);
-4. runs the operator as a local process, logged in as its ServiceAccount (a token minted with
-   `kubectl create token`): it can do exactly what the shipped ClusterRoles allow;
-5. applies manifests/samples/minimal.yaml in a namespace that enforces the `restricted` Pod
-   Security Standard, and waits for the MnistModel to become Ready, printing its status;
-6. kwok's pods run no containers, so the demo serves the version the sample asks for with the
-   real `mnist-server` on 127.0.0.1 and sends it a real MNIST test digit it never trained on;
-7. tears everything down, or with `--keep` leaves it running (`--down` stops it later).
+
+With the real node:
+3. builds the operator and server images from the shipped Dockerfiles with buildah (the server
+   image carries models/), cached by their inputs, and loads them into the node's containerd;
+4. installs the operator in-cluster with the shipped kustomize (kustomize/overlays/local): the
+   CRD, RBAC, the operator's Deployment under its own ServiceAccount;
+5. applies manifests/samples/minimal.yaml, pinned to the real node, in a namespace that enforces
+   the `restricted` Pod Security Standard, and waits for the MnistModel to become Ready;
+6. sends a real MNIST test digit the model never trained on through the model's Service and
+   prints the answer, the pod and the node that gave it, and the URL it used.
+
+Where the host cannot run a real node (not root, a missing package) the demo says why and does
+what it can without one: it installs the CRD and RBAC, runs the operator as a local process
+logged in as its ServiceAccount, the sample's pods land on kwok (which runs no containers), and
+a local `mnist-server` on 127.0.0.1 answers the digit.
+
+Either way it tears everything down at the end, or with `--keep` leaves it running (`--down`
+stops it later).
 
 Everything lives in .demo/ (git-ignored): the cluster's state, logs, the ServiceAccount's
 kubeconfig. The helpers here (free_port, wait_for, install_rbac, service_account_kubeconfig,
@@ -37,12 +48,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from localcluster import ClusterError, LocalCluster
+from localcluster import ClusterError, LocalCluster, images, node
+from localcluster.images import Images
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DEFAULT_STATE_DIR = REPO / ".demo"
 SAMPLE = REPO / "manifests" / "samples" / "minimal.yaml"
+LOCAL_OVERLAY = REPO / "kustomize" / "overlays" / "local"
+FIXTURE_CRDS = REPO / "tests" / "fixtures" / "crds"
 OPERATOR_NAMESPACE = "mnist-operator-system"
 DEMO_NAMESPACE = "mnist-demo"
 SERVICE_ACCOUNT = "mnist-operator"
@@ -347,11 +361,96 @@ def serve_and_predict(models: Path, version: str, state: Path, digit_index: int,
         stop_process(server)
 
 
+def install_in_cluster(cluster: LocalCluster, built: Images, workdir: Path) -> list[str]:
+    """The shipped install (kustomize/overlays/local) with the built images' tags set on top;
+    returns the operator's pods once its Deployment has rolled out."""
+    # The base ships a ServiceMonitor and a PrometheusRule: their APIs must be served (the
+    # Prometheus operator is not part of this cluster; its CRDs are enough for the objects).
+    for crd in ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml"):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(FIXTURE_CRDS / crd))
+    operator_name, operator_tag = built.operator.rsplit(":", 1)
+    server_image = {"name": "operator", "env": [{"name": "MNIST_OPERATOR_IMAGE", "value": built.server}]}
+    patch = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "mnist-operator", "namespace": OPERATOR_NAMESPACE},
+        "spec": {"template": {"spec": {"containers": [server_image]}}},
+    }
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        # kustomize takes only relative paths to other kustomizations.
+        "resources": [os.path.relpath(LOCAL_OVERLAY, workdir)],
+        "images": [{"name": operator_name, "newTag": operator_tag}],
+        "patches": [{"patch": json.dumps(patch)}],
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    # JSON is YAML: kustomize reads it as is.
+    (workdir / "kustomization.yaml").write_text(json.dumps(kustomization, indent=2) + "\n")
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(workdir), timeout=120)
+    cluster.kubectl("rollout", "status", "-n", OPERATOR_NAMESPACE, "deployment/mnist-operator",
+                    "--timeout=180s", timeout=200)  # fmt: skip
+    pods = json.loads(
+        cluster.kubectl(
+            "get",
+            "pods",
+            "-n",
+            OPERATOR_NAMESPACE,
+            "-l",
+            "app.kubernetes.io/name=mnist-operator",
+            "-o",
+            "json",
+        ).stdout
+    )["items"]
+    running = [str(p["metadata"]["name"]) for p in pods if not p["metadata"].get("deletionTimestamp")]
+    if not running:
+        raise DemoError("the operator's Deployment rolled out, but no pod of it is running")
+    return running
+
+
+def on_real_node(doc: dict[str, Any]) -> dict[str, Any]:
+    """A MnistModel (as parsed YAML) whose pods run on the local cluster's real node."""
+    spec = {**doc["spec"], "nodeSelector": dict(node.NODE_SELECTOR), "tolerations": [dict(node.TOLERATION)]}
+    return {**doc, "spec": spec}
+
+
+def predict_through_service(cluster: LocalCluster, name: str, digit_index: int, say: Narrator) -> None:
+    from mnist_server.data import load_mnist
+
+    service = json.loads(cluster.kubectl("get", "service", name, "-n", DEMO_NAMESPACE, "-o", "json").stdout)
+    url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+    test = load_mnist().test
+    index = digit_index % len(test)
+    image, label = test.images[index], int(test.labels[index])
+    say.say(f"MNIST test image #{index} (true label {label}):\n{ascii_digit(image)}")
+    request = urllib.request.Request(
+        url + "/predict",
+        data=json.dumps({"inputs": image.tolist()}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    say.say(f"$ curl -X POST {url}/predict -d '{{\"inputs\": <28x28 floats>}}'   # the Service's ClusterIP\n"
+            f"{json.dumps(answer)}")  # fmt: skip
+    verdict = "correct" if answer["prediction"] == label else f"wrong (the label is {label})"
+    say.say(f"prediction {answer['prediction']} with probability {answer['probability']:.3f}: {verdict}")
+    pods = json.loads(
+        cluster.kubectl(
+            "get", "pods", "-n", DEMO_NAMESPACE, "-l", f"app.kubernetes.io/instance={name}", "-o", "json"
+        ).stdout
+    )["items"]
+    for pod in pods:
+        say.say(f"answered by pod {pod['metadata']['name']} ({pod['status'].get('podIP')}) on node "
+                f"{pod['spec'].get('nodeName')}, image {pod['spec']['containers'][0]['image']}")  # fmt: skip
+
+
 @dataclass
 class Kept:
     """What `--keep` leaves running, so that `--down` can stop it."""
 
-    operator_pid: int
+    # None when the operator runs in-cluster (the cluster's teardown stops it).
+    operator_pid: int | None
 
     @classmethod
     def path(cls, state: Path) -> Path:
@@ -377,6 +476,28 @@ class Demo:
         self.cluster.start()
         self.narrator.say(f"API server {self.cluster.api_url}; kubeconfig {self.cluster.kubeconfig}")
         self.narrator.say(self.cluster.kubectl("get", "nodes", "-o", "wide").stdout)
+        if not self.cluster.real_node:
+            self.narrator.say(f"no real node, so no container will run: {self.cluster.real_node_reason}")
+
+    def build_images(self) -> Images:
+        log = self.state / "image-build.log"
+        self.narrator.say(f"(cached by their inputs: minutes the first time, seconds after; log {log})")
+        built = images.build_all(log, models=self.models)
+        for ref in (built.operator, built.server):
+            self.cluster.import_image(ref)
+        self.narrator.say(
+            f"operator image {built.operator}\nserver image   {built.server} (carries {self.models})"
+        )
+        return built
+
+    def install_in_cluster(self, built: Images) -> None:
+        pods = ", ".join(install_in_cluster(self.cluster, built, self.state / "install"))
+        listing = self.cluster.kubectl(
+            "get", "deployment,pods", "-n", OPERATOR_NAMESPACE, "-o", "wide"
+        ).stdout
+        self.narrator.say(
+            f"operator pods {pods}, as ServiceAccount {OPERATOR_NAMESPACE}/{SERVICE_ACCOUNT}\n{listing}"
+        )
 
     def install(self) -> Path:
         kubectl = self.cluster.kubectl
@@ -409,8 +530,9 @@ class Demo:
             },
         }
         kubectl("apply", "-f", "-", input=json.dumps(namespace))
-        self.narrator.say(kubectl("apply", "-n", DEMO_NAMESPACE, "-f", str(SAMPLE)).stdout)
-        name = sample()["metadata"]["name"]
+        doc = on_real_node(sample()) if self.cluster.real_node else sample()
+        self.narrator.say(kubectl("apply", "-n", DEMO_NAMESPACE, "-f", "-", input=json.dumps(doc)).stdout)
+        name = doc["metadata"]["name"]
 
         def is_ready() -> dict[str, Any] | None:
             body = model_status(self.cluster, name)
@@ -433,14 +555,20 @@ class Demo:
         wanted = ("mnist_operator_reconciles_total{", "mnist_operator_api_writes_total{")
         self.narrator.say("\n".join(line for line in text.splitlines() if line.startswith(wanted)))
 
-    def leave_running(self, operator: OperatorProcess) -> None:
-        Kept.path(self.state).write_text(json.dumps({"operator_pid": operator.process.pid}) + "\n")
+    def leave_running(self, operator: OperatorProcess | None) -> None:
+        pid = operator.process.pid if operator is not None else None
+        Kept.path(self.state).write_text(json.dumps({"operator_pid": pid}) + "\n")
+        where = (
+            f"operator pid {pid}, log {operator.log_path}"
+            if operator is not None
+            else f"operator: kubectl logs -n {OPERATOR_NAMESPACE} deployment/mnist-operator"
+        )
         print(
             f"\nLeft running (stop with `python hack/demo.py --down`):\n"
             f"  export KUBECONFIG={self.cluster.kubeconfig}\n"
             f'  export PATH="{self.cluster.bin_dir}:$PATH"\n'
             f"  kubectl get mnistmodels -A -o wide\n"
-            f"  operator pid {operator.process.pid}, log {operator.log_path}"
+            f"  {where}"
         )
 
     def run(self) -> int:
@@ -448,10 +576,8 @@ class Demo:
         self.state.mkdir(parents=True, exist_ok=True)
         kept = False
         try:
-            with step("Start a local Kubernetes control plane (etcd, apiserver, controllers, kwok)"):
+            with step("Start a local Kubernetes cluster (etcd, apiserver, controllers, kwok, a real node)"):
                 self.start_cluster()
-            with step("Install the MnistModel CRD and the operator's RBAC (ServiceAccount, ClusterRoles)"):
-                kubeconfig = self.install()
             version = str(sample()["spec"]["modelVersion"])
             with step(
                 f"Make sure model version {version} (the sample's spec.modelVersion) is in {self.models}"
@@ -464,18 +590,7 @@ class Demo:
                     epochs=args.epochs,
                     say=self.narrator,
                 )
-            with step("Run the operator as a local process, as its ServiceAccount"):
-                operator = self.run_operator(kubeconfig)
-            with step(f"Apply the sample MnistModel ({SAMPLE.relative_to(REPO)}) and wait until it is Ready"):
-                body = self.apply_sample()
-            asked = body["spec"]["modelVersion"]
-            with step(f"Serve version {asked} (what the sample asks for) and classify a real test digit"):
-                serve_and_predict(self.models, asked, self.state, args.digit_index, self.narrator)
-            with step("The operator's own metrics"):
-                self.show_operator_metrics(operator)
-            if args.keep:
-                self.leave_running(operator)
-                kept = True
+            kept = self.run_on_real_node() if self.cluster.real_node else self.run_without_real_node()
             print(f"\nDemo finished in {self.narrator.elapsed():.0f} s.")
             return 0
         except (DemoError, ClusterError, subprocess.CalledProcessError) as exc:
@@ -492,16 +607,52 @@ class Demo:
                 self.cluster.stop()
                 shutil.rmtree(self.state / "cluster", ignore_errors=True)
 
+    def run_on_real_node(self) -> bool:
+        step = self.narrator.step
+        with step("Build the operator and server images from the shipped Dockerfiles (buildah)"):
+            built = self.build_images()
+        with step("Install the operator in-cluster with the shipped kustomize (kustomize/overlays/local)"):
+            self.install_in_cluster(built)
+        with step(f"Apply the sample MnistModel ({SAMPLE.relative_to(REPO)}), pinned to the real node"):
+            body = self.apply_sample()
+        with step("Classify a real MNIST test digit through the model's Service"):
+            predict_through_service(
+                self.cluster, body["metadata"]["name"], self.args.digit_index, self.narrator
+            )
+        if self.args.keep:
+            self.leave_running(None)
+            return True
+        return False
+
+    def run_without_real_node(self) -> bool:
+        step, args = self.narrator.step, self.args
+        with step("Install the MnistModel CRD and the operator's RBAC (ServiceAccount, ClusterRoles)"):
+            kubeconfig = self.install()
+        with step("Run the operator as a local process, as its ServiceAccount (no node to run it on)"):
+            operator = self.run_operator(kubeconfig)
+        with step(f"Apply the sample MnistModel ({SAMPLE.relative_to(REPO)}) and wait until it is Ready"):
+            body = self.apply_sample()
+        asked = body["spec"]["modelVersion"]
+        with step(f"Serve version {asked} locally (kwok runs no containers) and classify a real test digit"):
+            serve_and_predict(self.models, asked, self.state, args.digit_index, self.narrator)
+        with step("The operator's own metrics"):
+            self.show_operator_metrics(operator)
+        if args.keep:
+            self.leave_running(operator)
+            return True
+        return False
+
 
 def down(state: Path) -> int:
     kept = Kept.path(state)
-    if kept.exists():
-        pid = int(json.loads(kept.read_text())["operator_pid"])
+    pid = json.loads(kept.read_text()).get("operator_pid") if kept.exists() else None
+    if pid is not None:
+        pid = int(pid)
         with contextlib.suppress(ProcessLookupError):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path(f"/proc/{pid}").exists() else b""
             if b"mnist-operator" in cmdline:
                 os.kill(pid, signal.SIGTERM)
-        kept.unlink()
+    kept.unlink(missing_ok=True)
     cluster = LocalCluster(state / "cluster")
     if cluster.is_running():
         LocalCluster.attach(cluster.state_dir).stop()

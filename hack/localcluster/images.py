@@ -42,6 +42,9 @@ OPERATOR_REPOSITORY = "localhost/mnist-operator"
 SUITE = "bookworm"
 # What the Dockerfiles need from a Python base: `python -m venv` and TLS for pip.
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+# Builds of each image kept in buildah's store: the tests' and the demo's server images differ
+# (their model repositories do), and neither should evict the other.
+KEEP_BUILDS = 3
 # Part of the base image's cache key: bump it when the recipe below changes.
 BASE_RECIPE = "2"
 # Docs, man pages, locales and apt's lists are dead weight in an image (and in pod start-up).
@@ -177,9 +180,13 @@ PAUSE_REPOSITORY = "localhost/mnist-pause"
 PAUSE_SOURCE = Path(__file__).resolve().parent / "pause" / "pause.c"
 
 
+def pause_reference() -> str:
+    return f"{PAUSE_REPOSITORY}:{_digest([PAUSE_SOURCE.read_bytes()])}"
+
+
 def build_pause(log: Path) -> str:
     """A static pause binary from pause/pause.c in an image of its own (seconds; cached)."""
-    ref = f"{PAUSE_REPOSITORY}:{_digest([PAUSE_SOURCE.read_bytes()])}"
+    ref = pause_reference()
     if image_exists(ref):
         return ref
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +230,8 @@ def build_dockerfile(dockerfile: str, ref: str, base: str, build_args: dict[str,
     if image_exists(ref):
         return ref
     started = time.monotonic()
-    argv = ["buildah", "build", "--pull=never", "--layers", "--network=host", *_ULIMITS,
+    # Docker's image format, as `docker build` makes: the OCI format has no HEALTHCHECK.
+    argv = ["buildah", "build", "--pull=never", "--layers", "--network=host", "--format=docker", *_ULIMITS,
             "-f", str(context / dockerfile), "-t", ref, "--build-arg", f"PYTHON_IMAGE={base}"]  # fmt: skip
     for name, value in build_args.items():
         argv += ["--build-arg", f"{name}={value}"]
@@ -238,7 +246,23 @@ def build_dockerfile(dockerfile: str, ref: str, base: str, build_args: dict[str,
     if done.returncode != 0:
         raise ClusterError("images", f"{dockerfile} did not build (exit {done.returncode})", _tail(log))
     _record(log, dockerfile, ref, time.monotonic() - started)
+    prune(ref.rsplit(":", 1)[0])
     return ref
+
+
+def prune(repository: str, keep: int = KEEP_BUILDS) -> None:
+    """Remove all but the newest `keep` builds of a repository (a server image is ~1.9 GB, and
+    every source change makes a new one), and the layers nothing refers to any more."""
+    listed = json.loads(_run(["buildah", "images", "--json"], "buildah images") or "[]")
+    builds = sorted(
+        ((image["createdatraw"], name) for image in listed for name in image.get("names") or []
+         if name.startswith(repository + ":")),
+        reverse=True,
+    )  # fmt: skip
+    for _, name in builds[keep:]:
+        subprocess.run(["buildah", "rmi", name], capture_output=True, check=False)
+    if builds[keep:]:
+        subprocess.run(["buildah", "rmi", "--prune"], capture_output=True, check=False)
 
 
 def build_all(log: Path, *, models: Path | None = None) -> Images:
@@ -326,18 +350,16 @@ def import_into(ref: str, containerd_socket: Path, ctr: str = "ctr", namespace: 
     )
     if ref in listed.split():
         return
+    # containerd's store outlives the cluster, so each build is exported and imported once.
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    archive = CACHE_DIR / (ref.replace("/", "_").replace(":", "_") + ".tar")
-    if not archive.exists():
-        tmp = archive.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        _run(["buildah", "push", "--quiet", ref, f"oci-archive:{tmp}:{ref}"], f"export {ref}")
-        tmp.replace(archive)
-    _run(
-        [ctr, "--address", str(containerd_socket), "-n", namespace, "images", "import",
-         "--base-name", ref.rsplit(":", 1)[0], "--digests", str(archive)],
-        f"import {ref} into containerd",
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR, prefix="export-") as tmp:
+        archive = Path(tmp) / "image.tar"
+        _run(["buildah", "push", "--quiet", ref, f"oci-archive:{archive}:{ref}"], f"export {ref}")
+        _run(
+            [ctr, "--address", str(containerd_socket), "-n", namespace, "images", "import",
+             "--base-name", ref.rsplit(":", 1)[0], "--digests", str(archive)],
+            f"import {ref} into containerd",
+        )  # fmt: skip
 
 
 def _record(log: Path, what: str, ref: str, seconds: float) -> None:

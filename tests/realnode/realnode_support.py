@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import threading
 import time
 from collections import Counter
@@ -15,18 +14,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
+from demo import OPERATOR_NAMESPACE, install_in_cluster
 from testkit import wait_for
 
-from localcluster import REPO_ROOT, LocalCluster, node
+from localcluster import LocalCluster, node
 from localcluster.images import Images
 
 # Set by tests/conftest.py before the first test: the built images, or why they did not build.
 IMAGES_KEY = pytest.StashKey[Images]()
 IMAGE_ERROR_KEY = pytest.StashKey[str]()
-OPERATOR_NAMESPACE = "mnist-operator-system"
-LOCAL_OVERLAY = REPO_ROOT / "kustomize" / "overlays" / "local"
-FIXTURE_CRDS = REPO_ROOT / "tests" / "fixtures" / "crds"
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,73 +34,15 @@ class Digits:
 @dataclass(frozen=True)
 class OperatorInstall:
     kustomization: Path
-    pod: str
+    pods: list[str]
     seconds_to_ready: float
 
 
 def install_operator(cluster: LocalCluster, images: Images, workdir: Path) -> OperatorInstall:
-    """The shipped install (kustomize/overlays/local) with the built images' tags set on top."""
-    # The base ships a ServiceMonitor and a PrometheusRule: their APIs must be served.
-    for crd in ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml"):
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(FIXTURE_CRDS / crd))
-    operator_name, operator_tag = images.operator.rsplit(":", 1)
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        # kustomize takes only relative paths to other kustomizations.
-        "resources": [os.path.relpath(LOCAL_OVERLAY, workdir)],
-        "images": [{"name": operator_name, "newTag": operator_tag}],
-        "patches": [
-            {
-                "patch": yaml.safe_dump(
-                    {
-                        "apiVersion": "apps/v1",
-                        "kind": "Deployment",
-                        "metadata": {"name": "mnist-operator", "namespace": OPERATOR_NAMESPACE},
-                        "spec": {
-                            "template": {
-                                "spec": {
-                                    "containers": [
-                                        {
-                                            "name": "operator",
-                                            "env": [{"name": "MNIST_OPERATOR_IMAGE", "value": images.server}],
-                                        }
-                                    ]
-                                }
-                            }
-                        },
-                    }
-                )
-            }
-        ],
-    }
-    (workdir / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    """The shipped install, as `make demo` does it (hack/demo.py)."""
     started = time.monotonic()
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(workdir), timeout=120)
-    cluster.kubectl(
-        "rollout",
-        "status",
-        "-n",
-        OPERATOR_NAMESPACE,
-        "deployment/mnist-operator",
-        "--timeout=180s",
-        timeout=200,
-    )
-    pods = json.loads(
-        cluster.kubectl(
-            "get",
-            "pods",
-            "-n",
-            OPERATOR_NAMESPACE,
-            "-l",
-            "app.kubernetes.io/name=mnist-operator",
-            "-o",
-            "json",
-        ).stdout
-    )["items"]
-    running = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    assert len(running) == 1, [p["metadata"]["name"] for p in pods]
-    return OperatorInstall(workdir, running[0]["metadata"]["name"], time.monotonic() - started)
+    pods = install_in_cluster(cluster, images, workdir)
+    return OperatorInstall(workdir, pods, time.monotonic() - started)
 
 
 def uninstall_operator(cluster: LocalCluster, install: OperatorInstall) -> None:
