@@ -92,6 +92,9 @@ EVENT = ResourceKind("", "v1", "Event", "events")
 CRD = ResourceKind(
     "apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False
 )
+LEASE = ResourceKind("coordination.k8s.io", "v1", "Lease", "leases")
+# The Lease the replicas of one install elect their leader with (leader.py), in their own namespace.
+LEASE_NAME = "mnist-operator"
 
 # Every kind of child, in apply order (the Service before what points at it).
 CHILD_KINDS = (DEPLOYMENT, SERVICE, INGRESS, ROUTE, SERVICE_MONITOR, HPA, PDB)

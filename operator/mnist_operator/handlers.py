@@ -11,7 +11,9 @@ annotations, a diff base, or a finalizer to every MnistModel. Everything here on
 - two more indexes hold the hosts our Routes and Ingresses serve, for the policy's "a host is never
   shared between namespaces";
 - every resync starts with an authoritative relist (relist.py) that removes from the indexes what
-  was deleted while a watch was down.
+  was deleted while a watch was down;
+- with leader election (leader.py), every replica watches and keeps its caches warm, and only the
+  holder of the Lease runs the work queue and writes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mnist_operator import api, policy, relist
 from mnist_operator.cache import Cache, owner_key, pod_projection, snapshot
 from mnist_operator.controller import Reconciler
 from mnist_operator.kube import ApiError, Discovery, KubeClient, default_login
+from mnist_operator.leader import Elector, Timing, process_identity
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.workqueue import WorkQueue
@@ -85,6 +88,7 @@ class Operator:
         client: KubeClient | None = None,
         *,
         cluster_reads: bool = True,
+        identity: str = "",
     ) -> None:
         self.settings = settings
         # Whether kopf may list namespaces and watch CRDs (cluster-scoped): always when watching
@@ -92,7 +96,11 @@ class Operator:
         self.cluster_reads = cluster_reads or not settings.namespaces
         self.metrics = metrics
         self.cache = Cache()
-        self.client = client or KubeClient(on_write=metrics.observe_write)
+        self.identity = identity or process_identity()
+        # The replica's identity in the user agent: the audit log tells the replicas' writes apart.
+        self.client = client or KubeClient(
+            on_write=metrics.observe_write, user_agent=f"{api.USER_AGENT} ({self.identity})"
+        )
         self.discovery = Discovery(self.client, settings.discovery_ttl_seconds)
         self.reconciler = Reconciler(settings, self.client, self.discovery, self.cache, metrics)
         self.queue = WorkQueue(
@@ -103,6 +111,27 @@ class Operator:
         )
         self._resync: asyncio.Task[None] | None = None
         self._rechecks: set[asyncio.TimerHandle] = set()
+        # Whether this replica reconciles: at once without leader election, else while it holds
+        # the Lease (the elector's callbacks); every write is gated on the Lease too (fencing).
+        self.elector: Elector | None = None
+        if settings.leader_election:
+            self.elector = Elector(
+                settings.leader_election_namespace or "default",
+                self.identity,
+                Timing(
+                    settings.lease_duration_seconds,
+                    settings.renew_deadline_seconds,
+                    settings.retry_period_seconds,
+                ),
+                on_started_leading=self._lead,
+                on_stopped_leading=self._stand_by,
+            )
+            self.client.write_gate = self.elector.write_budget
+        self.leading = self.elector is None
+        self._election: asyncio.Task[None] | None = None
+        # kopf runs event handlers only once every index is loaded: the first one says so, and
+        # until then a reconcile could mistake "not listed yet" for "missing".
+        self.synced = False
 
     async def start(self, indices: Mapping[str, Any]) -> None:
         self.cache.attach(api.KIND, indices[index_id(api.MNISTMODEL)])
@@ -112,23 +141,53 @@ class Operator:
         self.reconciler.host_claims = policy.CombinedClaims(
             *(indices[hosts_index_id(kind)] for kind in EXPOSURE_KINDS)
         )
-        self.queue.start()
         self._resync = asyncio.create_task(self._resync_forever(), name="resync")
+        if self.elector is None:
+            self._lead()
+        else:
+            self.metrics.leader.set(0)
+            self._election = asyncio.create_task(self.elector.run(), name="leader-election")
 
     async def stop(self) -> None:
         for handle in self._rechecks:
             handle.cancel()
         self._rechecks.clear()
-        if self._resync is not None:
-            self._resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync
+        for task in (self._resync, self._election):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.queue.stop()
+        if self.elector is not None:
+            await self.elector.release()  # nothing writes any more: a standby may take over now
         await self.client.close()
 
-    def enqueue_all(self) -> None:
-        for key in self.cache.model_keys():
+    def _lead(self) -> None:
+        self.leading = True
+        self.metrics.leader.set(1)
+        self.queue.start()
+        self.enqueue_all()  # whatever happened while another replica led, or none did
+
+    async def _stand_by(self) -> None:
+        self.leading = False
+        self.metrics.leader.set(0)
+        await self.queue.stop()
+        self.queue.clear()  # the new leader reconciles everything; a standby must not look stalled
+
+    def event_seen(self) -> None:
+        if not self.synced:
+            self.synced = True
+            self.enqueue_all()
+
+    def enqueue(self, key: tuple[str, str]) -> None:
+        if self.leading:
             self.queue.add(key)
+
+    def enqueue_all(self) -> None:
+        if not self.synced:
+            return  # the first event handler does it, once the caches are complete
+        for key in self.cache.model_keys():
+            self.enqueue(key)
 
     async def _resync_forever(self) -> None:
         while True:
@@ -188,7 +247,7 @@ class Operator:
 
     def enqueue_owner(self, key: tuple[str, str] | None) -> None:
         if key is not None and self.cache.model(*key) is not None:
-            self.queue.add(key)
+            self.enqueue(key)
 
     def enqueue_waiting_for_host(self) -> None:
         """A Route or Ingress changed: a host a model was refused may be free now."""
@@ -234,11 +293,12 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     # work queue (asyncio.Queue, timers) must only be touched from the event loop's thread.
     @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="event_mnistmodel", registry=registry)
     async def model_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+        op.event_seen()
         key = (namespace or "", name)
         if type == "DELETED":
             op.model_gone(key)
         else:
-            op.queue.add(key)
+            op.enqueue(key)
 
     for kind in api.CHILD_KINDS:
         _register_child(registry, op, kind, managed)
@@ -261,6 +321,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         api.POD.group, api.POD.version, api.POD.plural, id="event_pod", labels=managed, registry=registry
     )
     async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        op.event_seen()
         instance = labels.get(api.LABEL_INSTANCE)
         op.enqueue_owner((namespace or "", instance) if instance else None)
 
@@ -278,6 +339,7 @@ def _register_optional_crds(registry: kopf.OperatorRegistry, op: Operator) -> No
         when=lambda name, **_: name in OPTIONAL_CRDS,
     )
     async def optional_api_changed(name: str, type: str, **_: Any) -> None:
+        op.event_seen()
         if not type:
             return  # the initial listing (kopf passes None): discovery is fresh anyway
         logger.info("CRD %s changed (%s): re-checking the optional APIs", name, type)
@@ -294,6 +356,7 @@ def _register_child(
         return {key: snapshot(body, keep_managed_fields=keep_managed_fields)} if key else {}
 
     async def child_event(type: str, body: kopf.Body, **_: Any) -> None:
+        op.event_seen()
         if type == "DELETED":
             op.cache.observe_deletion(body)
         op.enqueue_owner(owner_key(body))

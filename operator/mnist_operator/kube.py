@@ -26,6 +26,9 @@ from mnist_operator import api
 logger = logging.getLogger(__name__)
 
 WriteObserver = Callable[[str, str], None]  # (verb, kind) of every write the operator makes
+# Asked before every write: raises when this process may not write (it does not lead), else
+# returns how many seconds the write may take on the API server (leader.Elector.write_budget).
+WriteGate = Callable[[], float]
 Login = Callable[[], Awaitable[kopf.ConnectionInfo]]
 
 _APPLY = "application/apply-patch+yaml"  # JSON is YAML: the body is sent as JSON
@@ -88,8 +91,10 @@ class KubeClient:
         user_agent: str = api.USER_AGENT,
         timeout: float = 30.0,
         on_write: WriteObserver | None = None,
+        write_gate: WriteGate | None = None,
     ) -> None:
         self._login = login
+        self.write_gate = write_gate
         self._user_agent = user_agent
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._on_write = on_write
@@ -129,6 +134,9 @@ class KubeClient:
         """One API call; returns the decoded JSON body, raises ApiError on any non-2xx status."""
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type, "Accept": accept}
+        if method != "GET" and self.write_gate is not None:
+            # The API server gives up on the write once the budget is spent (even one it queued).
+            params = {**(params or {}), "timeout": f"{self.write_gate():.3f}s"}
         for attempt in (1, 2):
             session = await self._connect(fresh=attempt == 2)
             try:

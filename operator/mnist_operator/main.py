@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
-import socket
 import sys
 
 import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 
 from mnist_operator import __doc__ as package_doc
-from mnist_operator import handlers
+from mnist_operator import api, handlers
 from mnist_operator.kube import KubeClient
+from mnist_operator.leader import lease_namespace, process_identity
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings, SettingsError, describe_variables
 
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mnist-operator: invalid setting: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    if settings.leader_election and not settings.leader_election_namespace:
+        namespace = asyncio.run(lease_namespace(KubeClient()))
+        settings = dataclasses.replace(settings, leader_election_namespace=namespace)
 
     prometheus = CollectorRegistry()
     metrics = Metrics.create(prometheus)
@@ -51,34 +55,36 @@ def main(argv: list[str] | None = None) -> int:
     registry = kopf.OperatorRegistry()
     # Asked once, before kopf starts: which handlers to register depends on it.
     cluster_reads = not settings.namespaces or asyncio.run(handlers.may_read_cluster(KubeClient()))
-    handlers.register(registry, handlers.Operator(settings, metrics, cluster_reads=cluster_reads))
+    identity = operator_identity()
+    handlers.register(
+        registry, handlers.Operator(settings, metrics, cluster_reads=cluster_reads, identity=identity)
+    )
     host = f"[{settings.bind_address}]" if ":" in settings.bind_address else settings.bind_address
     logging.getLogger(__name__).info(
-        "watching %s; default image %s; metrics on %s:%d",
+        "%s watching %s; default image %s; metrics on %s:%d; %s",
+        identity,
         ", ".join(settings.namespaces) or "all namespaces",
         settings.default_image,
         host,
         settings.metrics_port,
+        f"leader election on the Lease {settings.leader_election_namespace}/{api.LEASE_NAME}"
+        if settings.leader_election
+        else "no leader election",
     )
     kopf.run(
         registry=registry,
-        standalone=True,  # one replica, no peering objects to write
+        standalone=True,  # no kopf peering objects to write: our Lease elects the leader
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=f"http://{host}:{settings.health_port}/healthz",
         # A NewType of str that kopf does not export.
-        identity=operator_identity(),  # type: ignore[arg-type]
+        identity=identity,  # type: ignore[arg-type]
     )
     return 0
 
 
-def operator_identity() -> str:
-    """Who this operator process is (kopf names it in logs and peering objects).
-
-    kopf's default asks getpass.getuser(), which raises for a UID with no passwd entry: the
-    image's own non-root user, and OpenShift's arbitrary UIDs, crashed the operator at start-up.
-    """
-    return f"{socket.gethostname()}@{os.getpid()}"
+# Who this operator process is: kopf names it in logs, the Lease names its holder.
+operator_identity = process_identity
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,7 @@ class Metrics:
     queue_retries: Counter
     worker_restarts: Counter
     cache_purged: Counter
+    leader: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -81,6 +82,12 @@ class Metrics:
                 "Objects the periodic relist found deleted although the watch cache still held them "
                 "(their deletion fell into a watch gap), by kind.",
                 ["kind"],
+                registry=registry,
+            ),
+            leader=Gauge(
+                "mnist_operator_leader",
+                "1 while this replica reconciles (it holds the leader Lease, or runs without leader "
+                "election), else 0 (a standby).",
                 registry=registry,
             ),
         )

@@ -49,6 +49,18 @@ class OperatorSettings:
     # Liveness fails once models have waited this long for a reconcile while none has finished:
     # far above the longest healthy reconcile (a few API calls of at most 30 s each).
     queue_stall_seconds: float = 300.0
+    # Run as one of several replicas: only the holder of a coordination.k8s.io Lease reconciles
+    # (leader.py). Off: this process reconciles at once, and must be the only one.
+    leader_election: bool = True
+    # The Lease's namespace; empty: the pod's own (outside a cluster: that of the ServiceAccount
+    # whose credentials are used, else default).
+    leader_election_namespace: str = ""
+    # client-go's defaults: a standby takes over a Lease not renewed for LEASE_DURATION; the
+    # leader renews every RETRY_PERIOD and stops writing once RENEW_DEADLINE passes without a
+    # renewal, before anyone may take over.
+    lease_duration_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
 
     # The cluster admin's policy on what a MnistModel may ask of what every team shares
     # (policy.py; docs/security.md). Lists: "*" alone allows anything.
@@ -91,6 +103,14 @@ class OperatorSettings:
         if self.health_port == self.metrics_port and self.health_port != 0:
             raise ValueError(
                 f"{PREFIX}HEALTH_PORT and {PREFIX}METRICS_PORT must differ (both {self.health_port})"
+            )
+        # client-go's own checks: the leader must stop before a standby may take over, and renew
+        # more often than it must.
+        if not self.lease_duration_seconds > self.renew_deadline_seconds > 1.2 * self.retry_period_seconds:
+            raise ValueError(
+                f"{PREFIX}LEASE_DURATION_SECONDS ({self.lease_duration_seconds:g}) must exceed "
+                f"{PREFIX}RENEW_DEADLINE_SECONDS ({self.renew_deadline_seconds:g}), which must exceed 1.2 "
+                f"times {PREFIX}RETRY_PERIOD_SECONDS ({self.retry_period_seconds:g})"
             )
 
 
@@ -202,6 +222,29 @@ VARIABLES: tuple[Variable, ...] = (
         _seconds(1),
         "/healthz fails when models have been due this long and no reconcile has finished meanwhile",
     ),
+    Variable(
+        "leader_election",
+        _boolean,
+        "only the replica holding the Lease mnist-operator reconciles, so several may run (false: "
+        "this one reconciles at once, and must be the only one)",
+    ),
+    Variable(
+        "leader_election_namespace",
+        str,
+        "namespace of the Lease (empty: the pod's own; outside a cluster, that of the ServiceAccount "
+        "whose credentials are used, else default)",
+    ),
+    Variable(
+        "lease_duration_seconds",
+        _seconds(1),
+        "a standby takes the Lease over once it has seen it unrenewed this long",
+    ),
+    Variable(
+        "renew_deadline_seconds",
+        _seconds(1),
+        "the leader stops writing once it has not renewed the Lease for this long",
+    ),
+    Variable("retry_period_seconds", _seconds(0.1), "how often the Lease is renewed or tried for"),
     Variable(
         "allowed_annotation_prefixes",
         _allow_list(policy.parse_annotation_prefix),

@@ -116,6 +116,17 @@ class WorkQueue:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
+    def clear(self) -> None:
+        """Forget all pending work and retries (a stopped queue of a replica that stopped leading:
+        the new leader reconciles everything, and a standby must not look stalled)."""
+        if self._tasks:
+            raise RuntimeError("clear() a stopped queue only")
+        self._waiting.clear()
+        self._failures.clear()
+        self._oldest_waiting_since = None
+        self._queue = asyncio.Queue()
+        self.idle.set()
+
     def __len__(self) -> int:
         return len(self._waiting)
 

@@ -98,7 +98,7 @@ def test_promtool_checks_and_unit_tests_the_rules(tmp_path: Path) -> None:
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 7 rules found" in check.stdout
+    assert "SUCCESS: 9 rules found" in check.stdout
     tested = subprocess.run(
         [PROMTOOL, "test", "rules", "tests.yaml"],
         cwd=tmp_path,
@@ -121,6 +121,8 @@ def test_every_alert_has_a_unit_test_and_a_runbook() -> None:
         "MnistOperatorDown",
         "MnistOperatorReconcileErrors",
         "MnistOperatorWorkQueueStuck",
+        "MnistOperatorNoLeader",
+        "MnistOperatorSeveralLeaders",
     }
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
     firing = {

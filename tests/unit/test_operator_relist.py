@@ -152,7 +152,9 @@ async def test_a_relist_reconciles_the_owner_of_a_ghost_and_forgets_a_ghost_mode
     for kind in (*api.CHILD_KINDS, api.POD, api.MNISTMODEL):
         items = [{"metadata": o["metadata"]} for o in listed.get(kind.plural, [])]
         kmock[f"get {kind.path(NS)}"] << {"metadata": {"resourceVersion": "20"}, "items": items}
-    op = Operator(OperatorSettings(namespaces=(NS,)), Metrics.create(CollectorRegistry()), client_for(kmock))
+    settings = OperatorSettings(namespaces=(NS,), leader_election=False)
+    op = Operator(settings, Metrics.create(CollectorRegistry()), client_for(kmock))
+    op.synced = True  # kopf has loaded every index
     op.cache.attach(api.KIND, index(((NS, "a"), snapshot(model_a)), ((NS, "b"), snapshot(model_b))).index)
     op.cache.attach("Service", index(((NS, "a"), service_a)).index)
     await op.relist()

@@ -70,6 +70,9 @@ class OperatorProcess:
             "MNIST_OPERATOR_METRICS_PORT": str(self.metrics_port),
             "MNIST_OPERATOR_IMAGE": "mnist-server:test",
             "MNIST_OPERATOR_DISCOVERY_TTL_SECONDS": "2",
+            # The test's own Lease: operators of different tests never stand by for each other,
+            # and two started for one namespace are two replicas of one install.
+            "MNIST_OPERATOR_LEADER_ELECTION_NAMESPACE": namespaces[0] if namespaces else "",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -89,6 +92,19 @@ class OperatorProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def identity(self) -> str:
+        """Its name as the Lease's holder and in its user agent (mnist_operator.leader)."""
+        assert self.proc is not None
+        return f"{socket.gethostname()}@{self.proc.pid}"
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def leading(self) -> bool:
+        return self.metric("mnist_operator_leader") == 1
+
     def healthy(self) -> bool:
         if not self.alive():
             pytest.fail(f"the operator exited with {self.proc and self.proc.returncode}:\n{self.log_tail()}")
@@ -101,6 +117,7 @@ class OperatorProcess:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.proc.send_signal(signal.SIGCONT)  # a test may have frozen it
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=15)

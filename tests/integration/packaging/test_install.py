@@ -34,6 +34,15 @@ CLUSTER_SCOPED_KINDS = {"Namespace", "CustomResourceDefinition", "ClusterRole", 
 DASHBOARD = REPO_ROOT / "manifests" / "monitoring" / "mnist-dashboard.json"
 HEALTH_KEY = "resource.customizations.health.aidevsecops.dev_MnistModel"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
+# The leader election's Role, in the operator's own namespace, in every install.
+LEADER_ELECTION = {
+    ("Role", "mnist-operator-leader-election"),
+    ("RoleBinding", "mnist-operator-leader-election"),
+}
+LEASE_RULES = {
+    (api.LEASE.group, api.LEASE.plural): {"create"},  # a create names no object: RBAC cannot narrow it
+    (api.LEASE.group, f"{api.LEASE.plural}[{api.LEASE_NAME}]"): {"get", "update"},
+}
 
 
 def overlay(name: str) -> Path:
@@ -57,7 +66,8 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 def granted(
     docs: list[dict[str, Any]], namespace: str = SYSTEM_NAMESPACE, *, role_kind: str = "ClusterRole"
 ) -> dict[tuple[str, str], set[str]]:
-    """(apiGroup, resource) -> verbs, over the (Cluster)Roles bound to the operator's account."""
+    """(apiGroup, resource) -> verbs, over the (Cluster)Roles bound to the operator's account; a
+    rule for some objects only names them: "resource[name]"."""
     bound = {
         b["roleRef"]["name"]
         for b in by_kind(docs, f"{role_kind}Binding")
@@ -69,10 +79,10 @@ def granted(
         if role["metadata"]["name"] not in bound:
             continue
         for rule in role["rules"]:
-            assert "resourceNames" not in rule
+            names = ",".join(rule.get("resourceNames", []))
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
-                    rules[group, resource] |= set(rule["verbs"])
+                    rules[group, f"{resource}[{names}]" if names else resource] |= set(rule["verbs"])
     return dict(rules)
 
 
@@ -106,11 +116,13 @@ def test_overlay_holds_the_whole_install(name: str, pkg_render: Render) -> None:
         ("ClusterRoleBinding", "mnist-operator"),
         ("ClusterRoleBinding", "mnist-operator-exposure"),
         ("Deployment", "mnist-operator"),
+        ("PodDisruptionBudget", "mnist-operator"),
         ("Service", "mnist-operator-metrics"),
         ("ServiceMonitor", "mnist-operator"),
         ("PrometheusRule", "mnist-operator"),
         ("ConfigMap", "mnist-dashboard"),
         *USER_ROLES,
+        *LEADER_ELECTION,
     }
     for doc in docs:
         assert doc["metadata"].get("namespace") == (
@@ -138,9 +150,18 @@ def test_operator_deployment(name: str, pkg_render: Render) -> None:
     docs = pkg_render(overlay(name))
     deployment = one(docs, "Deployment", "mnist-operator")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one leader (the Lease): a rolling update keeps one running throughout.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]
+    [spread] = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    budget = one(docs, "PodDisruptionBudget", "mnist-operator")["spec"]
+    assert budget == {"maxUnavailable": 1, "selector": spec["selector"]}
     assert pod["serviceAccountName"] == "mnist-operator"
     [container] = pod["containers"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -160,6 +181,9 @@ def test_operator_deployment(name: str, pkg_render: Render) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": settings.metrics_port, "health": settings.health_port}
     assert settings.namespaces == ()  # cluster-wide, as the ClusterRoles grant
+    # Leader election, its Lease in the pod's own namespace (where the Role is).
+    assert settings.leader_election and settings.leader_election_namespace == ""
+    assert granted(docs, role_kind="Role") == LEASE_RULES
 
     rendered = json.dumps(docs)
     dockerfile_user = re.search(r"^USER (\d+):", (REPO_ROOT / "Dockerfile.operator").read_text(), re.M)
@@ -212,7 +236,7 @@ def test_namespaced_rbac_grants_the_same_minus_what_is_cluster_scoped(
     docs = pkg_render(REPO_ROOT / "manifests" / "rbac" / "namespaced")
     docs += pkg_render(REPO_ROOT / "manifests" / "rbac" / "namespaced" / exposure.kind.lower())
     assert not {d["kind"] for d in docs} & CLUSTER_SCOPED_KINDS
-    assert granted(docs, role_kind="Role") == expected_rules(exposure, namespaced=True)
+    assert granted(docs, role_kind="Role") == expected_rules(exposure, namespaced=True) | LEASE_RULES
 
 
 def test_namespaced_overlay_holds_roles_only_and_watches_its_own_namespace(pkg_render: Render) -> None:
@@ -224,13 +248,16 @@ def test_namespaced_overlay_holds_roles_only_and_watches_its_own_namespace(pkg_r
         ("RoleBinding", "mnist-operator"),
         ("RoleBinding", "mnist-operator-exposure"),
         ("Deployment", "mnist-operator"),
+        ("PodDisruptionBudget", "mnist-operator"),
         ("Service", "mnist-operator-metrics"),
         ("ServiceMonitor", "mnist-operator"),
         ("PrometheusRule", "mnist-operator"),
         ("ConfigMap", "mnist-dashboard"),
+        *LEADER_ELECTION,
     }
     assert all(d["metadata"]["namespace"] == TEAM_NAMESPACE for d in docs)
-    assert granted(docs, TEAM_NAMESPACE, role_kind="Role") == expected_rules(api.INGRESS, namespaced=True)
+    expected = expected_rules(api.INGRESS, namespaced=True) | LEASE_RULES
+    assert granted(docs, TEAM_NAMESPACE, role_kind="Role") == expected
 
     [container] = one(docs, "Deployment", "mnist-operator")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
@@ -282,7 +309,7 @@ def test_namespaced_overlay_passes_a_server_side_dry_run(
             assert done.returncode == 0, done.stderr
             assert "would violate PodSecurity" not in done.stderr
             lines = done.stdout.strip().splitlines()
-            assert len(lines) == 10 and all(line.endswith("(server dry run)") for line in lines), lines
+            assert len(lines) == 13 and all(line.endswith("(server dry run)") for line in lines), lines
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
@@ -298,7 +325,7 @@ def test_overlay_passes_a_server_side_dry_run(
             assert done.returncode == 0, done.stderr
             assert "would violate PodSecurity" not in done.stderr
             lines = done.stdout.strip().splitlines()
-            assert len(lines) == 14 and all(line.endswith("(server dry run)") for line in lines), lines
+            assert len(lines) == 17 and all(line.endswith("(server dry run)") for line in lines), lines
 
 
 def test_argocd_application_passes_a_server_side_dry_run(
