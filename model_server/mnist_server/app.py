@@ -97,7 +97,7 @@ def create_app(
     ``readiness_gate``, once the model is ready, says why the server is not (e.g. other workers
     still loading), or None. ``draining`` is true once the server is shutting down: it is then
     not ready, and closes each connection after its response (see ``mnist_server.shutdown``)."""
-    metrics = ServerMetrics(registry, model.name, model.version)
+    metrics = ServerMetrics(registry, model.name, model.version, getattr(model, "source", None))
     app = App(settings, metrics, draining or _never)
     endpoints = Endpoints(
         settings,

@@ -20,7 +20,7 @@ DESCRIPTION = """\
 Serve an MNIST model from a model repository over HTTP: the tutorial's POST /predict, the Open
 Inference Protocol v2 (/v2/...), TensorFlow Serving's REST API (/v1/models/...), /healthz,
 /readyz and /metrics. Settings come from MNIST_SERVER_* environment variables; a flag
-overrides its variable."""
+overrides its variable. `mnist-server fetch --help`: fetch a model version from storage."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fetch"]:  # the init container that fetches a model from storage
+        from mnist_server.fetch import main as fetch
+
+        return fetch(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     env = dict(os.environ)
@@ -56,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(env)
         model_version = resolve(settings.model_root, settings.model_name, settings.model_version)
+        source = model_version.source()
     except (SettingsError, RepositoryError) as exc:
         print(f"mnist-server: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -75,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.workers,
         settings.threads,
     )
+    if source is not None:
+        log.info("the version was fetched from %s storage, archive sha256 %s", source.kind, source.sha256)
     from mnist_server.serving import serve
 
     serve(settings, model_version)

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from mnist_server.errors import Reason
-from mnist_server.repository import NUM_CLASSES
+from mnist_server.repository import NUM_CLASSES, ModelSource
 
 PREFIX = "mnist_server_"
 # Label value for requests that matched no route: keeps the endpoint label bounded.
@@ -29,7 +29,13 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServerMetrics:
-    def __init__(self, registry: CollectorRegistry, model_name: str, model_version: str) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        model_name: str,
+        model_version: str,
+        source: ModelSource | None = None,
+    ) -> None:
         self.requests = Counter(
             PREFIX + "requests",
             "HTTP requests answered, by route template and status class.",
@@ -75,6 +81,16 @@ class ServerMetrics:
             # Across workers: one series per model version, gone when its worker is gone.
             multiprocess_mode="livemax",
         )
+        # One series per server: which bytes answer (a fetched version's archive digest), so a
+        # digest pinned in a MnistModel can be checked against what every pod really serves.
+        self.model_source_info = Gauge(
+            PREFIX + "model_source_info",
+            "Where the served version came from (image: baked into the image; http, s3, pvc: fetched "
+            "and verified) and the SHA-256 of its archive (empty for image). Always 1.",
+            ["source", "sha256"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         # Zero series from the start, so rate() and alerts see them before the first event.
         # Children are kept: ``labels()`` costs a lock and a lookup on every request otherwise.
         self._digit_counters = [self.predictions.labels(digit=str(digit)) for digit in range(NUM_CLASSES)]
@@ -82,6 +98,9 @@ class ServerMetrics:
         for reason in Reason:
             self.errors.labels(reason=reason.value)
         self.model_info.labels(model_name=model_name, model_version=model_version).set(1)
+        self.model_source_info.labels(
+            source=source.kind if source else "image", sha256=source.sha256 if source else ""
+        ).set(1)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         series = self._request_series.get((endpoint, status // 100))

@@ -24,7 +24,7 @@ from mnist_server.errors import ModelLoadError, NotReadyError, from_batching
 from mnist_server.repository import IMAGE_SHAPE, NUM_CLASSES
 
 if TYPE_CHECKING:
-    from mnist_server.repository import ModelVersion
+    from mnist_server.repository import ModelSource, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,18 @@ class RepositoryModel:
         self._batcher: MicroBatcher | None = None
         self._observer: BatchObserver | None = None
         self._lock = threading.Lock()
+        # Read before the app is built: metrics and metadata report it from the first request.
+        self._source = model_version.source()
 
     @property
     def name(self) -> str:
         return self._model_version.name
+
+    @property
+    def source(self) -> ModelSource | None:
+        """Where a version fetched from storage came from, and its archive's verified digest
+        (None: baked into the image). Optional for a ``Model``: the app asks with getattr."""
+        return self._source
 
     @property
     def version(self) -> str:

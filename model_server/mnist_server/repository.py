@@ -6,6 +6,10 @@ Layout: ``<root>/<model-name>/<version>/`` holds a TensorFlow SavedModel (``save
 ``probabilities``: float32 ``[batch, 10]`` (softmax). A version directory is complete only once
 it has been renamed into place: writers build it under a hidden ``.tmp-*`` name first, so a
 server never sees a half-written version.
+
+A version fetched from storage (``mnist-server fetch``) has a provenance record beside it,
+``<root>/<name>/<version>.source.json``: where it came from (``http``, ``s3`` or ``pvc``) and the
+SHA-256 of the archive it was unpacked from, written only after that digest was verified.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 METADATA_FILE = "metadata.json"
+SOURCE_SUFFIX = ".source.json"
+SOURCE_KINDS = ("http", "s3", "pvc")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -33,10 +40,38 @@ class RepositoryError(Exception):
 
 
 @dataclass(frozen=True)
+class ModelSource:
+    """Where a fetched version came from, and the verified digest of its archive."""
+
+    kind: str  # one of SOURCE_KINDS
+    sha256: str
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "sha256": self.sha256})
+
+
+@dataclass(frozen=True)
 class ModelVersion:
     name: str
     version: str
     path: Path
+
+    @property
+    def source_path(self) -> Path:
+        return self.path.with_name(self.path.name + SOURCE_SUFFIX)
+
+    def source(self) -> ModelSource | None:
+        """The provenance record of a fetched version; None for one baked into the image."""
+        try:
+            data = json.loads(self.source_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RepositoryError(f"{self.source_path}: unreadable provenance: {exc}") from exc
+        kind, digest = (data.get("kind"), data.get("sha256")) if isinstance(data, dict) else (None, None)
+        if kind not in SOURCE_KINDS or not isinstance(digest, str) or not SHA256_PATTERN.match(digest):
+            raise RepositoryError(f"{self.source_path}: not a provenance record ({{kind, sha256}})")
+        return ModelSource(kind, digest)
 
     def metadata(self) -> dict[str, Any]:
         meta_path = self.path / METADATA_FILE

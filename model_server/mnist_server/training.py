@@ -280,7 +280,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="mnist-train",
-        description="Train the MNIST CNN on real MNIST and export it as a new version in a model repository.",
+        description="Train the MNIST CNN on real MNIST and export it as a new version in a model repository. "
+        "`mnist-train publish --help`: publish a version to storage for a MnistModel.",
     )
     parser.add_argument(
         "--data",
@@ -334,6 +335,11 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["publish"]:  # a trained version to storage, for a MnistModel's spec.source
+        from mnist_server.publish import main as publish
+
+        return publish(argv[1:])
     config = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
 

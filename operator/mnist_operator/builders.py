@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from mnist_operator import api
+from mnist_operator import api, storage
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.spec import MnistModelSpec
 
@@ -30,6 +30,16 @@ SERVER_SHUTDOWN_SECONDS = 30
 # With one replica a budget either blocks every node drain (minAvailable 1) or protects nothing.
 MIN_REPLICAS_FOR_BUDGET = 2
 _WHEN_UNSATISFIABLE = {"Required": "DoNotSchedule", "Preferred": "ScheduleAnyway"}
+
+
+def _container_security() -> dict[str, Any]:
+    """Every container of a model pod: what Pod Security `restricted` asks, and a read-only root."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,8 @@ def deployment(spec: MnistModelSpec, owner: Owner, settings: OperatorSettings) -
             },
         }
     )
+    if spec.source is not None:  # which bytes the pods serve, for status
+        deploy_spec["template"]["metadata"]["annotations"] = {storage.SHA256_ANNOTATION: spec.source.sha256}
     return _child(api.DEPLOYMENT, _metadata(owner, spec), deploy_spec)
 
 
@@ -169,6 +181,13 @@ def _pod_spec(spec: MnistModelSpec, owner: Owner, settings: OperatorSettings) ->
         "containers": [_container(spec, settings)],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}],
     }
+    if spec.source is not None:  # fetched and verified before the server starts (storage.py)
+        image = spec.image or settings.default_image
+        fetch = storage.fetch_container(spec.source, image, spec.model_version, _container_security())
+        if spec.image_pull_policy:
+            fetch["imagePullPolicy"] = spec.image_pull_policy
+        pod["initContainers"] = [fetch]
+        pod["volumes"] += storage.volumes(spec.source)
     if spec.service_account_name:
         pod["serviceAccountName"] = spec.service_account_name
     if spec.node_selector:
@@ -226,6 +245,8 @@ def _container(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, An
         {"name": api.ENV_HOST, "value": "0.0.0.0"},
         {"name": api.ENV_PORT, "value": str(api.SERVER_PORT)},
     ]
+    if spec.source is not None:
+        env += storage.server_env()
     for var in spec.env:
         entry: dict[str, Any] = {"name": var.name}
         if var.value_from is not None:
@@ -245,12 +266,7 @@ def _container(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, An
         "livenessProbe": _probe("/healthz", period=10, failures=3),
         # Ready only once the model is loaded and has answered a warm-up prediction.
         "readinessProbe": _probe("/readyz", period=5, failures=3),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": _container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         # A server that exits at start-up (an unknown modelVersion, a bad setting) says why in its
         # last log lines; they become the container's termination message, which status shows.
@@ -263,6 +279,8 @@ def _container(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, An
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": settings.drain_seconds}}}
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
+    if spec.source is not None:
+        container["volumeMounts"].append(storage.server_mount())
     return container
 
 

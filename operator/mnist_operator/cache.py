@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mnist_operator import api
+from mnist_operator.storage import SHA256_ANNOTATION
 
 Key = tuple[str, str]
 IndexView = Mapping[Key, Iterable[Mapping[str, Any]]]
@@ -57,19 +58,26 @@ def pod_projection(body: Body) -> dict[str, Any]:
         "resourceVersion": meta.get("resourceVersion"),
         "deleting": bool(meta.get("deletionTimestamp")),
         "version": (meta.get("labels") or {}).get(api.LABEL_VERSION),
+        "sha256": (meta.get("annotations") or {}).get(SHA256_ANNOTATION),  # a version from storage
         "phase": status.get("phase"),
         "conditions": [
             {k: c.get(k) for k in ("type", "status", "reason", "message")}
             for c in status.get("conditions") or []
         ],
-        "containerStatuses": [
-            {
-                **{k: cs.get(k) for k in ("name", "ready", "restartCount", "state")},
-                "lastTerminated": _last_terminated(cs),
-            }
-            for cs in status.get("containerStatuses") or []
-        ],
+        "containerStatuses": _container_statuses(status.get("containerStatuses")),
+        # The model fetch (storage.py): why it failed is here, not in the server's status.
+        "initContainerStatuses": _container_statuses(status.get("initContainerStatuses")),
     }
+
+
+def _container_statuses(statuses: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            **{k: cs.get(k) for k in ("name", "ready", "restartCount", "state")},
+            "lastTerminated": _last_terminated(cs),
+        }
+        for cs in statuses or []
+    ]
 
 
 def _last_terminated(container_status: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -75,6 +75,12 @@ class Reason(StrEnum):
     RUN_CONTAINER_ERROR = "RunContainerError"
     ERROR = "Error"
     UNSCHEDULABLE = "Unschedulable"
+    # A pod's reason from its model fetch (the init container `mnist-server fetch` of a model with
+    # spec.source), as it writes them to its termination message: `<Reason>: <message>`.
+    DIGEST_MISMATCH = "DigestMismatch"
+    MODEL_ACCESS_DENIED = "ModelAccessDenied"
+    INVALID_MODEL_ARCHIVE = "InvalidModelArchive"
+    MODEL_FETCH_FAILED = "ModelFetchFailed"
 
 
 class EventReason(StrEnum):
@@ -85,10 +91,20 @@ class EventReason(StrEnum):
     ROLLOUT_STARTED = "RolloutStarted"
 
 
+# What the model fetcher reports (mnist_server.fetch.FetchReason; a test holds them equal).
+FETCH_REASONS: tuple[Reason, ...] = (
+    Reason.DIGEST_MISMATCH,
+    Reason.MODEL_ACCESS_DENIED,
+    Reason.INVALID_MODEL_ARCHIVE,
+    Reason.MODEL_FETCH_FAILED,
+)
+
 # Pod reasons that mean "this will not fix itself soon", most severe first: they hold Ready back
-# even mid-rollout, and the most severe one names the condition.
+# even mid-rollout, and the most severe one names the condition. A model that cannot be fetched
+# is stuck like a crash loop (the kubelet retries the fetch with back-off), and says why.
 STUCK_POD_REASONS: tuple[Reason, ...] = (
     Reason.CREATE_CONTAINER_CONFIG_ERROR,
+    *FETCH_REASONS,
     Reason.INVALID_IMAGE_NAME,
     Reason.ERR_IMAGE_NEVER_PULL,
     Reason.IMAGE_PULL_BACK_OFF,

@@ -14,6 +14,15 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from mnist_operator import api
+from mnist_operator.storage import (
+    DEFAULT_REGION,
+    SOURCE_KINDS,
+    SOURCE_RESERVED_ENV,
+    HttpLocation,
+    ModelSource,
+    PvcLocation,
+    S3Location,
+)
 
 TLSMode = Literal["none", "edge", "reencrypt"]
 TLS_MODES: tuple[TLSMode, ...] = ("none", "edge", "reencrypt")
@@ -28,6 +37,11 @@ MODEL_VERSION_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 HOST_PATTERN = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PERCENT_PATTERN = re.compile(r"^(100|[1-9]?[0-9])%$")
 DURATION_PATTERN = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+HTTP_URL_PATTERN = re.compile(r"^https?://[^/?#@\s]+(/[^\s]*)?$")
+ENDPOINT_PATTERN = re.compile(r"^https?://[^/?#@\s]+/?$")
+BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 DEFAULT_REPLICAS = 1
 
@@ -107,6 +121,8 @@ class MnistModelSpec:
     exposure: Exposure = field(default_factory=Exposure)
     service_monitor: ServiceMonitorSpec = field(default_factory=ServiceMonitorSpec)
     availability: Availability = field(default_factory=Availability)
+    # None: the version baked into the image's model repository.
+    source: ModelSource | None = None
 
     @property
     def fixed_replicas(self) -> int | None:
@@ -142,6 +158,12 @@ def parse_spec(raw: Mapping[str, Any] | None) -> MnistModelSpec:
     image = _str(raw, "image")
     if image is not None and not image.strip():
         raise SpecError("image", "must not be empty")
+    source = _source(raw.get("source"))
+    env = _env(raw.get("env"))
+    if source is not None:
+        for i, var in enumerate(env):
+            if var.name in SOURCE_RESERVED_ENV:
+                raise SpecError(f"env[{i}].name", f"{var.name} would serve something else than spec.source")
 
     return MnistModelSpec(
         model_version=version,
@@ -150,7 +172,7 @@ def parse_spec(raw: Mapping[str, Any] | None) -> MnistModelSpec:
         replicas=replicas,
         autoscaling=autoscaling,
         resources=_resources(raw.get("resources")),
-        env=_env(raw.get("env")),
+        env=env,
         node_selector=_str_map(raw, "nodeSelector"),
         tolerations=tuple(_mapping_list(raw, "tolerations")),
         service_account_name=_str(raw, "serviceAccountName"),
@@ -158,7 +180,56 @@ def parse_spec(raw: Mapping[str, Any] | None) -> MnistModelSpec:
         exposure=_exposure(raw.get("exposure")),
         service_monitor=_service_monitor(raw.get("monitoring")),
         availability=_availability(raw.get("availability")),
+        source=source,
     )
+
+
+def _source(raw: Any) -> ModelSource | None:
+    if raw is None:
+        return None
+    section = _section(raw, "source")
+    digest = _str(section, "sha256", required=True, prefix="source.")
+    assert digest is not None
+    if not SHA256_PATTERN.match(digest):
+        raise SpecError("source.sha256", "must be 64 lowercase hexadecimal digits (the archive's SHA-256)")
+    kinds = [kind for kind in SOURCE_KINDS if section.get(kind) is not None]
+    if len(kinds) != 1:
+        raise SpecError("source", f"needs exactly one of {', '.join(SOURCE_KINDS)} (got {len(kinds)})")
+    kind = kinds[0]
+    where = _section(section[kind], f"source.{kind}")
+    prefix = f"source.{kind}."
+    location: HttpLocation | S3Location | PvcLocation
+    if kind == "http":
+        url = _str(where, "url", required=True, prefix=prefix) or ""
+        if not HTTP_URL_PATTERN.match(url):
+            raise SpecError(f"{prefix}url", f"{url!r} is not an http:// or https:// URL")
+        location = HttpLocation(url)
+    elif kind == "s3":
+        endpoint = _str(where, "endpoint", required=True, prefix=prefix) or ""
+        if not ENDPOINT_PATTERN.match(endpoint):
+            raise SpecError(f"{prefix}endpoint", f"{endpoint!r} is not http(s)://host[:port]")
+        bucket = _str(where, "bucket", required=True, prefix=prefix) or ""
+        if not BUCKET_PATTERN.match(bucket):
+            raise SpecError(f"{prefix}bucket", f"{bucket!r} is not an S3 bucket name")
+        key = _str(where, "key", required=True, prefix=prefix) or ""
+        if not key or key.startswith("/"):
+            raise SpecError(f"{prefix}key", "must be a non-empty object key without a leading '/'")
+        secret = _str(where, "secretName", prefix=prefix)
+        if secret is not None and not NAME_PATTERN.match(secret):
+            raise SpecError(f"{prefix}secretName", f"{secret!r} is not a Secret name")
+        region = _str(where, "region", prefix=prefix) or DEFAULT_REGION
+        location = S3Location(endpoint.rstrip("/"), bucket, key, region, secret)
+    else:
+        claim = _str(where, "claimName", required=True, prefix=prefix) or ""
+        if not NAME_PATTERN.match(claim):
+            raise SpecError(f"{prefix}claimName", f"{claim!r} is not a PersistentVolumeClaim name")
+        path = _str(where, "path", required=True, prefix=prefix) or ""
+        if not path or path.startswith("/") or ".." in path.split("/"):
+            raise SpecError(
+                f"{prefix}path", f"{path!r} must be a relative path inside the volume, without '..'"
+            )
+        location = PvcLocation(claim, path)
+    return ModelSource(digest, location)
 
 
 def _autoscaling(raw: Any) -> Autoscaling | None:

@@ -15,8 +15,16 @@ from typing import Any, TypedDict
 
 from mnist_operator import api
 from mnist_operator.builders import Owner, selector_string
-from mnist_operator.conditions import QUIET_REASONS, STUCK_POD_REASONS, ConditionType, EventReason, Reason
+from mnist_operator.conditions import (
+    FETCH_REASONS,
+    QUIET_REASONS,
+    STUCK_POD_REASONS,
+    ConditionType,
+    EventReason,
+    Reason,
+)
 from mnist_operator.spec import MnistModelSpec
+from mnist_operator.storage import FETCH_CONTAINER, SHA256_ANNOTATION
 
 READY = ConditionType.READY
 AVAILABLE = ConditionType.AVAILABLE
@@ -36,6 +44,7 @@ class MnistModelStatus(TypedDict, total=False):
     observedGeneration: int
     url: str
     modelVersion: str  # what the pods serve; left out while none does
+    modelSHA256: str  # the digest of the archive they serve it from (spec.source); else left out
     replicas: int
     readyReplicas: int
     selector: str
@@ -104,6 +113,7 @@ class RolloutState:
     # The Deployment controller's own verdict that the current ReplicaSet finished rolling out.
     new_replica_set_available: bool
     template_version: str | None
+    template_sha256: str | None = None  # a version from storage (spec.source)
 
     @property
     def rolled_out(self) -> bool:
@@ -124,14 +134,15 @@ class RolloutState:
 
 def rollout_state(deployment: Mapping[str, Any] | None) -> RolloutState:
     if deployment is None:
-        return RolloutState(False, False, 0, 0, 0, 0, 0, 0, False, False, False, None)
+        return RolloutState(False, False, 0, 0, 0, 0, 0, 0, False, False, False, None, None)
     meta = deployment.get("metadata") or {}
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     progressing = conditions.get("Progressing") or {}
     available = conditions.get("Available") or {}
-    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    template_meta = (spec.get("template") or {}).get("metadata") or {}
+    labels = template_meta.get("labels") or {}
     return RolloutState(
         exists=True,
         observed=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 1),
@@ -147,6 +158,7 @@ def rollout_state(deployment: Mapping[str, Any] | None) -> RolloutState:
         new_replica_set_available=progressing.get("status") == TRUE
         and progressing.get("reason") == "NewReplicaSetAvailable",
         template_version=labels.get(api.LABEL_VERSION),
+        template_sha256=(template_meta.get("annotations") or {}).get(SHA256_ANNOTATION),
     )
 
 
@@ -169,6 +181,10 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[PodProblem]:
 
 def _pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     name = str(pod.get("name"))
+    for cs in pod.get("initContainerStatuses") or []:
+        problem = _init_problem(name, cs)
+        if problem is not None:
+            return problem
     for cs in pod.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         last = cs.get("lastTerminated") or {}
@@ -197,11 +213,38 @@ def _pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     return PodProblem(name, Reason.PENDING, f"pod is {pod.get('phase') or 'Pending'}")
 
 
+def _init_problem(pod: str, cs: Mapping[str, Any]) -> PodProblem | None:
+    """Why an init container (the model fetch) holds the pod back; None once it succeeded.
+
+    After a failure the kubelet runs it again with back-off: the failure stays the pod's reason
+    while it retries, so the condition does not flap between it and "fetching"."""
+    state = cs.get("state") or {}
+    terminated = state.get("terminated") or {}
+    if terminated.get("exitCode") == 0:
+        return None
+    if terminated:
+        return _crash(pod, cs.get("name"), terminated, restarting=False)
+    last = cs.get("lastTerminated") or {}
+    waiting = state.get("waiting") or {}
+    if last and (waiting or state.get("running")):
+        return _crash(pod, cs.get("name"), last, restarting=True)
+    if waiting.get("reason") in STUCK_POD_REASONS:
+        return PodProblem(pod, waiting["reason"], _one_line(waiting.get("message", "")))
+    if state.get("running"):
+        what = "fetching and verifying the model" if cs.get("name") == FETCH_CONTAINER else "initialising"
+        return PodProblem(pod, Reason.PENDING, f"init container {cs.get('name')} is {what}")
+    return None
+
+
 def _crash(pod: str, container: object, terminated: Mapping[str, Any], *, restarting: bool) -> PodProblem:
-    """A container that ended: OOMKilled says so; otherwise its exit code and its last words
-    (the termination message, or with FallbackToLogsOnError its last log lines)."""
+    """A container that ended: OOMKilled says so; a model fetch that failed says why in its own
+    reason; otherwise its exit code and its last words (the termination message, or with
+    FallbackToLogsOnError its last log lines)."""
     code = terminated.get("exitCode")
     then = ", restarting with back-off" if restarting else ""
+    fetch_reason, _, fetch_message = str(terminated.get("message") or "").strip().partition(": ")
+    if fetch_reason in FETCH_REASONS:
+        return PodProblem(pod, fetch_reason, _one_line(fetch_message)[:300] + then.replace(", ", "; "))
     if terminated.get("reason") == Reason.OOM_KILLED:
         return PodProblem(
             pod,
@@ -470,6 +513,8 @@ def ready_condition(
     if exposure is not None and exposure.status == FALSE:
         return Condition(READY, FALSE, Reason.EXPOSURE_NOT_READY, exposure.message)
     version = spec.model_version if spec is not None else rollout.template_version
+    if rollout.template_sha256:
+        version = f"{version} (archive sha256 {rollout.template_sha256[:12]}...)"
     return Condition(
         READY,
         TRUE,
@@ -529,14 +574,15 @@ def compute_status(
     rollout = rollout_state(observed.deployment)
     conditions = conditions_for(spec, owner, observed, capabilities)
     # Old pods keep answering while they drain after the Deployment counts them gone: the
-    # version moves only when no pod of another version is left.
-    draining = any(p.get("version") != rollout.template_version for p in observed.pods)
+    # version (and digest) moves only when no pod of another version is left.
+    latest = (rollout.template_version, rollout.template_sha256)
+    draining = any((p.get("version"), p.get("sha256")) != latest for p in observed.pods)
     if rollout.rolled_out and rollout.desired > 0 and not draining:
-        served = rollout.template_version
+        served, digest = latest
     elif rollout.exists and rollout.desired == 0:
-        served = None
+        served, digest = None, None
     else:  # mid-rollout the pods still serve what they served before
-        served = previous.get("modelVersion")
+        served, digest = previous.get("modelVersion"), previous.get("modelSHA256")
     deployment_status = (observed.deployment or {}).get("status") or {}
     status: MnistModelStatus = {
         "observedGeneration": owner.generation,
@@ -548,6 +594,8 @@ def compute_status(
     }
     if served is not None:
         status["modelVersion"] = served
+        if digest is not None:
+            status["modelSHA256"] = digest
     return status
 
 

@@ -43,13 +43,19 @@ def server_metadata(server_version: str) -> dict[str, Any]:
 
 
 def model_metadata(model: Model) -> dict[str, Any]:
-    return {
+    metadata: dict[str, Any] = {
         "name": model.name,
         "versions": [model.version],
         "platform": model.platform,
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *IMAGE_SHAPE]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, NUM_CLASSES]}],
     }
+    # A version fetched from storage: the digest of the archive it was unpacked from, verified
+    # before it was loaded (the one a MnistModel pins), so a client can prove which bytes answer.
+    source = getattr(model, "source", None)
+    if source is not None:
+        metadata["parameters"] = {"source": source.kind, "sha256": source.sha256}
+    return metadata
 
 
 def parse_binary_infer_request(raw: bytes, header_length: str, max_batch: int) -> InferRequest:
