@@ -8,7 +8,8 @@
   and imported into the node's containerd. The server image carries two quick model versions.
 - `rn_operator` (module): the operator installed in-cluster from its image with the shipped
   kustomize (kustomize/overlays/local, with the built images' tags set on top), under its own
-  ServiceAccount and RBAC; removed at the end of the module.
+  ServiceAccount and RBAC; removed at the end of the module, unless the cluster is one the
+  session attached to.
 - `rn_namespace`: a namespace that enforces Pod Security `restricted`, per test.
 - `rn_digits`: a few hundred real MNIST test images and their labels.
 """
@@ -65,7 +66,10 @@ def rn_operator(
     try:
         yield install
     finally:
-        uninstall_operator(rn_cluster, install)
+        # On a cluster the session attached to (MNIST_TEST_KUBECONFIG), others may be using the
+        # operator: it stays, as the cluster does.
+        if rn_cluster.owned:
+            uninstall_operator(rn_cluster, install)
 
 
 @pytest.fixture
