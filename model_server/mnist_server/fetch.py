@@ -57,6 +57,12 @@ TERMINATION_LOG = Path("/dev/termination-log")
 _CHUNK = 1 << 20
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _SHOWN_SOURCE_CHARS = 120
+# S3 error codes that mean "these credentials will not do", whatever the status (versitygw answers
+# an unknown access key with 404 XAdminUserNotFound where AWS says 403 InvalidAccessKeyId).
+_CREDENTIAL_ERRORS = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+     "AllAccessDisabled", "XAdminUserNotFound"}
+)  # fmt: skip
 
 
 class FetchReason(StrEnum):
@@ -254,7 +260,7 @@ def _http_error(exc: urllib.error.HTTPError, source: Source, signed: bool) -> Fe
     except (OSError, http.client.HTTPException):
         code = None
     status = f"HTTP {exc.code}" + (f" {code}" if code else "")
-    if exc.code in (401, 403):
+    if exc.code in (401, 403) or code in _CREDENTIAL_ERRORS:
         if source.kind == "s3" and not signed:
             hint = "an anonymous request was refused: name a Secret with credentials in spec.source.s3"
         elif source.kind == "s3":
