@@ -33,8 +33,9 @@ lint: install ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-k8s: ## build (or find in the cache) the local Kubernetes control plane binaries
+k8s: ## build (or find in the cache) the local Kubernetes control plane binaries, and the storage tests' S3 store
 	bash hack/build-k8s.sh
+	bash hack/build-versitygw.sh >/dev/null
 
 test: deps install k8s ## set up everything and run all tests (unit, real control plane, real server)
 	$(PY) -m pytest $(PYTEST_ARGS)
