@@ -7,8 +7,9 @@ for others, Prometheus. `evaluate` checks a spec against the operator's settings
 operator knows of other namespaces' hosts, and says what it refuses, part by part, so that the rest
 of the model is still deployed:
 
-- workload (image, ServiceAccount, tolerations): no new Deployment is applied; one that already
-  runs is left as it is (tearing it down would turn a refused edit into an outage);
+- workload (image, ServiceAccount, tolerations, where the model is fetched from): no new
+  Deployment is applied; one that already runs is left as it is (tearing it down would turn a
+  refused edit into an outage);
 - exposure (annotations, host): no Route or Ingress, and one that exists is deleted;
 - monitoring (scrape interval): no ServiceMonitor, and one that exists is deleted.
 
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from mnist_operator import api
 from mnist_operator.cache import owner_key
 from mnist_operator.spec import HOST_PATTERN, MnistModelSpec
+from mnist_operator.storage import HttpLocation, ModelSource, S3Location
 
 if TYPE_CHECKING:
     from mnist_operator.settings import OperatorSettings
@@ -35,11 +37,13 @@ if TYPE_CHECKING:
 ANY = "*"  # a list that holds only this allows anything
 NONE = "none"  # a list given as this allows nothing beyond what is always allowed
 NAMESPACE_PLACEHOLDER = "{namespace}"
+PVC_SOURCES = "pvc"  # an allowed model source: the namespace's own PersistentVolumeClaims
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 DEFAULT_SERVICE_ACCOUNT = "default"
 
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+_URL_PREFIX = re.compile(r"^https?://[^/?#@\s]+(/[^?#\s]*)?$")
 _ANNOTATION_PREFIX = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]*)?$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_KEY = re.compile(
@@ -179,6 +183,7 @@ def _workload(spec: MnistModelSpec, settings: OperatorSettings) -> list[Refusal]
                 f"the ServiceAccount {account!r} is not allowed here (allowed: {allowed})",
             )
         )
+    refusals += _model_source(spec.source, settings)
     rules = [parse_toleration_rule(entry) for entry in settings.allowed_tolerations if entry != ANY]
     for i, toleration in enumerate(spec.tolerations):
         if ANY not in settings.allowed_tolerations and not any(r.matches(toleration) for r in rules):
@@ -273,6 +278,38 @@ def _monitoring(spec: MnistModelSpec, settings: OperatorSettings) -> list[Refusa
 
 
 # ----- matching -------------------------------------------------------------------------------
+
+
+def _model_source(source: ModelSource | None, settings: OperatorSettings) -> list[Refusal]:
+    allowed = settings.allowed_model_sources
+    if source is None or ANY in allowed:
+        return []
+    where = source.location
+    if isinstance(where, HttpLocation | S3Location):
+        url = where.url if isinstance(where, HttpLocation) else f"{where.endpoint}/{where.bucket}/{where.key}"
+        url = url.partition("?")[0]  # a pre-signed URL's query is no place for a match, nor a message
+        if any(source_matches(url, entry) for entry in allowed if entry != PVC_SOURCES):
+            return []
+        field = "spec.source.http.url" if isinstance(where, HttpLocation) else "spec.source.s3"
+        what = url
+    elif PVC_SOURCES in allowed:
+        return []
+    else:
+        field, what = "spec.source.pvc", "a PersistentVolumeClaim"
+    return [
+        Refusal(
+            Part.WORKLOAD,
+            field,
+            "MNIST_OPERATOR_ALLOWED_MODEL_SOURCES",
+            f"fetching a model from {what} is not allowed here (allowed: {', '.join(allowed) or 'none'})",
+        )
+    ]
+
+
+def source_matches(url: str, entry: str) -> bool:
+    """A URL prefix allows itself and what is under it: `http://store:9000` allows
+    `http://store:9000/models/x.tar.gz`, never `http://store:90001/...` or `http://store:9000.evil/...`."""
+    return url == entry or url.startswith(entry if entry.endswith("/") else entry + "/")
 
 
 def _listed(value: str, allowed: Sequence[str]) -> bool:
@@ -399,6 +436,14 @@ def parse_host_suffix(item: str) -> str:
 def parse_image_entry(item: str) -> str:
     if any(c.isspace() for c in item) or ANY in item:
         raise ValueError(f"{item!r} is not an image, a repository or a registry path ending in /")
+    return item
+
+
+def parse_model_source_entry(item: str) -> str:
+    if item.lower() == PVC_SOURCES:
+        return PVC_SOURCES
+    if not _URL_PREFIX.match(item):
+        raise ValueError(f"{item!r} is not pvc or an http(s):// URL prefix (no user info, query or fragment)")
     return item
 
 

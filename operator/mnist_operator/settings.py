@@ -82,6 +82,10 @@ class OperatorSettings:
     allowed_tolerations: tuple[str, ...] = ()
     # The shortest ServiceMonitor scrape interval a MnistModel may ask for.
     min_scrape_interval_seconds: float = 10.0
+    # Where spec.source may fetch a model from: URL prefixes of archives and S3 objects, "pvc" for
+    # the namespace's own PersistentVolumeClaims. Any by default: what is served is only ever the
+    # pinned digest; this bounds where the pods connect (and which store sees the access key ID).
+    allowed_model_sources: tuple[str, ...] = (policy.ANY,)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
@@ -283,6 +287,13 @@ VARIABLES: tuple[Variable, ...] = (
         "min_scrape_interval_seconds",
         _seconds(0),
         "the shortest ServiceMonitor interval a MnistModel may ask for",
+    ),
+    Variable(
+        "allowed_model_sources",
+        _allow_list(policy.parse_model_source_entry),
+        "where spec.source may fetch from: URL prefixes http(s)://host[:port][/path] of archives and of "
+        "S3 objects (endpoint/bucket/key), pvc for the namespace's PersistentVolumeClaims "
+        "(comma-separated; none: no source; *: any)",
     ),
 )
 

@@ -274,3 +274,41 @@ def test_a_model_baked_into_the_image_has_no_digest_in_status() -> None:
     status = compute_status(spec=parsed, owner=OWNER, observed=observed, capabilities=api.Capabilities(),
                             previous={"modelSHA256": D1}, now=NOW)  # fmt: skip
     assert status["modelVersion"] == "2" and "modelSHA256" not in status
+
+
+# ----- the admin's policy -------------------------------------------------------------------
+
+
+def refusals(source: dict[str, Any], allowed: str) -> list[str]:
+    from mnist_operator import policy
+    from mnist_operator.settings import OperatorSettings
+
+    settings = OperatorSettings.from_env({"MNIST_OPERATOR_ALLOWED_MODEL_SOURCES": allowed})
+    verdict = policy.evaluate(parse_spec(spec(source)), "ml", settings, api.Capabilities(), {})
+    return [str(r) for r in verdict.refusals]
+
+
+def test_the_policy_bounds_where_models_come_from() -> None:
+    http = {"sha256": D1, "http": {"url": "https://models.example.com/team/m.tar.gz?X-Amz-Signature=s"}}
+    s3 = {"sha256": D1, "s3": S3}
+    pvc = {"sha256": D1, "pvc": {"claimName": "models", "path": "m.tar.gz"}}
+    assert refusals(http, "*") == refusals(s3, "*") == refusals(pvc, "*") == []  # the default
+    allowed = "https://models.example.com/team/,http://store.example:9000/models,pvc"
+    assert refusals(http, allowed) == refusals(s3, allowed) == refusals(pvc, allowed) == []
+    (refused,) = refusals(s3, "http://store.example:900,https://models.example.com/")
+    assert refused.startswith("spec.source.s3: fetching a model from http://store.example:9000/models/mnist/")
+    assert refused.endswith("(MNIST_OPERATOR_ALLOWED_MODEL_SOURCES)")
+    (refused,) = refusals(http, "https://models.example.com/team-b")
+    assert "X-Amz-Signature" not in refused and refused.startswith("spec.source.http.url: ")
+    (refused,) = refusals(pvc, "none")
+    assert refused.startswith("spec.source.pvc: fetching a model from a PersistentVolumeClaim is not allowed")
+    lookalike = {"sha256": D1, "http": {"url": "http://store.example:9000.evil/m"}}
+    assert refusals(lookalike, "http://store.example:9000") != []
+
+
+@pytest.mark.parametrize("entry", ["ftp://x/", "https://user@x/", "https://x/?q", "store.example", "*,pvc"])
+def test_bad_model_source_entries_stop_the_operator(entry: str) -> None:
+    from mnist_operator.settings import OperatorSettings, SettingsError
+
+    with pytest.raises(SettingsError, match="MNIST_OPERATOR_ALLOWED_MODEL_SOURCES"):
+        OperatorSettings.from_env({"MNIST_OPERATOR_ALLOWED_MODEL_SOURCES": entry})
