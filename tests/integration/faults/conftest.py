@@ -17,6 +17,7 @@ import pytest
 from localcluster import REPO_ROOT, LocalCluster
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration" / "operator"))
+sys.path.insert(0, str(Path(__file__).parent))  # fault_support
 from operator_support import Kube, StartOperator, started_operators
 
 

@@ -145,9 +145,10 @@ class OperatorProcess:
 
 class StartOperator(Protocol):
     """The `op_start` fixture: start `mnist-operator` watching these namespaces, with extra
-    settings as keyword arguments (`workers="2"` is MNIST_OPERATOR_WORKERS=2)."""
+    settings as keyword arguments (`workers="2"` is MNIST_OPERATOR_WORKERS=2), as the cluster's
+    `mnist-operator` user or with another kubeconfig."""
 
-    def __call__(self, *namespaces: str, **env: str) -> OperatorProcess: ...
+    def __call__(self, *namespaces: str, kubeconfig: Path | None = None, **env: str) -> OperatorProcess: ...
 
 
 @contextlib.contextmanager
@@ -158,11 +159,12 @@ def started_operators(
     when it failed (the conftest's makereport hook sets `rep_call`)."""
     started: list[OperatorProcess] = []
 
-    def start(*namespaces: str, **env: str) -> OperatorProcess:
+    def start(*namespaces: str, kubeconfig: Path | None = None, **env: str) -> OperatorProcess:
         log = log_dir / f"operator-{len(started)}.log"
-        process = OperatorProcess(
-            cluster, list(namespaces), log, {f"MNIST_OPERATOR_{k.upper()}": v for k, v in env.items()}
-        )
+        settings = {f"MNIST_OPERATOR_{k.upper()}": v for k, v in env.items()}
+        if kubeconfig is not None:
+            settings["KUBECONFIG"] = str(kubeconfig)
+        process = OperatorProcess(cluster, list(namespaces), log, settings)
         started.append(process)
         return process.start()
 
@@ -248,13 +250,13 @@ class Kube:
             if e["involvedObject"]["kind"] == "MnistModel"
         ]
 
-    def operator_writes(self, since: datetime) -> list[dict[str, Any]]:
+    def operator_writes(self, since: datetime, user: str = OPERATOR_USER) -> list[dict[str, Any]]:
         """Write requests the operator's identity made in this namespace since `since` (audit log)."""
 
         def mine(event: dict[str, Any]) -> bool:
             when = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
             return (
-                event.get("user", {}).get("username") == OPERATOR_USER
+                event.get("user", {}).get("username") == user
                 and event.get("objectRef", {}).get("namespace") == self.namespace
                 and when >= since
             )
