@@ -243,8 +243,9 @@ def _crash(pod: str, container: object, terminated: Mapping[str, Any], *, restar
     code = terminated.get("exitCode")
     then = ", restarting with back-off" if restarting else ""
     fetch_reason, _, fetch_message = str(terminated.get("message") or "").strip().partition(": ")
-    if fetch_reason in FETCH_REASONS:
-        return PodProblem(pod, fetch_reason, _one_line(fetch_message)[:300] + then.replace(", ", "; "))
+    if fetch_reason in FETCH_REASONS:  # one line, bounded by the fetcher (it names two digests)
+        said = " ".join(fetch_message.split())[:400]
+        return PodProblem(pod, fetch_reason, said + then.replace(", ", "; "))
     if terminated.get("reason") == Reason.OOM_KILLED:
         return PodProblem(
             pod,

@@ -252,9 +252,9 @@ def test_a_bad_new_digest_holds_ready_back_and_keeps_the_old_truth() -> None:
     mid_rollout = rolled_out(D2)
     counts = {"replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}
     mid_rollout["status"].update({**counts, "unavailableReplicas": 1})
-    new = raw_pod(
-        "new", sha256=D2, init=failed_fetch("DigestMismatch: the archive has sha256 x"), ready=False
-    )
+    said = f"DigestMismatch: the archive at s3://models/mnist-2.tar.gz has sha256 {D1}, not the pinned {D2}"
+    said += " (2070654 bytes): refusing to serve it"  # as long as the fetcher's get: nothing cut
+    new = raw_pod("new", sha256=D2, init=failed_fetch(said), ready=False)
     observed = Observed(
         deployment=mid_rollout, pods=[pod_projection(new), pod_projection(raw_pod("old", sha256=D1))]
     )
@@ -262,7 +262,7 @@ def test_a_bad_new_digest_holds_ready_back_and_keeps_the_old_truth() -> None:
                             previous={"modelVersion": "2", "modelSHA256": D1}, now=NOW)  # fmt: skip
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "DigestMismatch")
-    assert "pod new: DigestMismatch (the archive has sha256 x" in ready["message"]
+    assert f"pod new: {said.replace(': ', ' (', 1)}; restarting with back-off)" in ready["message"]
     assert status.get("modelSHA256") == D1
 
 
