@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -359,3 +360,44 @@ def test_every_fetch_failure_is_reported_on_the_model_with_its_reason(
         )
     log.info("seconds from creation to the reason on the model: %s", reported)
     record_property("failure_reported_seconds", json.dumps(reported))
+
+
+BAD_SOURCES = {
+    "no location": ({"sha256": "ab" * 32}, "spec.source needs exactly one of http, s3 or pvc"),
+    "upper-case digest": ({"sha256": "AB" * 32, "http": {"url": "http://h/m"}},
+                          "spec.source.sha256 must be 64 lowercase hexadecimal digits"),
+    "ftp": ({"sha256": "ab" * 32, "http": {"url": "ftp://h/m"}}, "spec.source.http.url must be an http://"),
+    "user info": ({"sha256": "ab" * 32, "http": {"url": "http://u:p@h/m"}}, "spec.source.http.url must be an http://"),
+    "endpoint path": ({"sha256": "ab" * 32, "s3": {"endpoint": "https://h/p", "bucket": "bkt", "key": "k"}},
+                      "spec.source.s3.endpoint must be http(s)://host[:port], without a path"),
+    "absolute key": ({"sha256": "ab" * 32, "s3": {"endpoint": "https://h", "bucket": "models", "key": "/k"}},
+                     "spec.source.s3.key must not start with '/'"),
+    "path out": ({"sha256": "ab" * 32, "pvc": {"claimName": "c", "path": "a/../../b"}},
+                 "spec.source.pvc.path must be a relative path inside the volume"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", [*BAD_SOURCES, "model root in env"])
+def test_the_api_server_rejects_a_bad_source_with_a_message_a_user_understands(
+    rn_cluster: LocalCluster, rn_operator: OperatorInstall, rn_namespace: str, case: str
+) -> None:
+    """The CRD's CEL rules, on the real API server (a server-side dry run: nothing is stored)."""
+    if case in BAD_SOURCES:
+        source, message = BAD_SOURCES[case]
+        model = mnist_model("bad", "1", source=source)
+    else:
+        message = "with spec.source, spec.env must not set MNIST_SERVER_MODEL_ROOT"
+        env = [{"name": "MNIST_SERVER_MODEL_ROOT", "value": "/models"}]
+        model = mnist_model("bad", "1", source={"sha256": "ab" * 32, "http": {"url": "http://h/m"}}, env=env)
+
+    def dry_run(doc: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        body = json.dumps({**doc, "metadata": {**doc["metadata"], "namespace": rn_namespace}})
+        return rn_cluster.kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-", input=body, check=False
+        )
+
+    done = dry_run(model)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+    where = {"endpoint": "http://h:9000", "bucket": "models", "key": "team/mnist-1.tar.gz"}
+    created = dry_run(mnist_model("good", "1", source={"sha256": "ab" * 32, "s3": where}))
+    assert json.loads(created.stdout)["spec"]["source"]["s3"]["region"] == "us-east-1"  # the schema's default
