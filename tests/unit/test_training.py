@@ -270,7 +270,9 @@ def test_an_onnx_model_that_disagrees_is_not_published(
     from mnist_server.backends import onnx_export
 
     strict = onnx_export.check_agreement
-    monkeypatch.setattr(onnx_export, "check_agreement", lambda path: strict(path, tolerance=-1.0))
+    monkeypatch.setattr(
+        onnx_export, "check_agreement", lambda path, onnx_file=None: strict(path, onnx_file, tolerance=-1.0)
+    )
 
     code = main(
         ["--data", str(small_npz), "--output", str(tmp_path), "--epochs", "1", "--subset", "64", "--quiet"]
