@@ -201,12 +201,14 @@ class App:
                 response = result if isinstance(result, Response) else json_response(result)
         except ApiError as error:
             response = self.error_response(request, error)
+            _forget_frames(error)
         except Exception as error:
             # Should never happen: every known failure is an ApiError. Counted as "internal".
             log.exception("unexpected error on %s %s", request.method, request.path[:200])
             response = self.error_response(
                 request, ApiError(f"internal server error ({type(error).__name__}); see the server log")
             )
+            _forget_frames(error)
         finally:
             if admitted:
                 self._inflight -= 1
@@ -274,7 +276,6 @@ class App:
                 held=held,
             )
             try:
-                # wait_for, not asyncio.timeout(): Granian's task type cannot be cancelled.
                 return await asyncio.wait_for(reading, self.settings.body_timeout)
             except TimeoutError:
                 raise BodyTimeoutError(
@@ -297,6 +298,7 @@ class App:
             response = await self.respond(request, receive)
         finally:
             self.budget.give_back(held[0])
+            request.body = b""  # whatever may still reference the request, not its body
         with contextlib.suppress(*_PROTOCOL_CLOSED):  # the client has gone: nobody to answer
             protocol.response_bytes(response.status, response.header_list(), response.body)
 
@@ -577,6 +579,22 @@ def _protocol_closed() -> tuple[type[BaseException], ...]:
 
 
 _PROTOCOL_CLOSED = _protocol_closed()
+
+
+def _forget_frames(error: BaseException) -> None:
+    """Drop the frames an answered error's traceback keeps, along its chain of causes.
+
+    An error raised in a decoding thread or under ``asyncio.wait_for`` is held by a future that
+    the traceback's frames hold in turn: a reference cycle, freed only when the cyclic garbage
+    collector runs, and with it the request, its body and what was parsed from it (several MiB
+    each, measured: a flood of refused 4 MiB bodies took a worker's RSS to 1 GiB).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
 
 
 def _memory_stream(*args: Any, **kwargs: Any) -> io.BytesIO:

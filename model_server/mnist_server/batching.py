@@ -221,8 +221,6 @@ class MicroBatcher:
         chunks = self.submit(images, loop)
         futures = [chunk.future for chunk in chunks if chunk.future is not None]
         timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
-        # wait_for, not asyncio.timeout(): the caller may run in a task that cannot be cancelled
-        # (Granian's own task type, see mnist_server.serving).
         try:
             if len(futures) == 1:
                 return await asyncio.wait_for(futures[0], timeout_s)

@@ -9,7 +9,9 @@ input.
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +24,14 @@ from mnist_server.model import Images
 from mnist_server.repository import IMAGE_SHAPE
 
 IMAGE_FORMATS = ("PNG", "JPEG")
-# Checked from the header before decoding: a small PNG can declare a huge canvas.
-MAX_IMAGE_PIXELS = 4096 * 4096
+# Checked from the header before decoding (a 74 KB PNG can declare a 4096x4096 canvas that cost
+# ~320 MiB through the conversions): the largest canvas a PNG or a progressive JPEG may have...
+MAX_IMAGE_PIXELS = 2048 * 2048
+# ...and a baseline JPEG, which is decoded at 1/2 to 1/8 scale (a 12-megapixel photo fits).
+MAX_JPEG_PIXELS = 4096 * 4096
+# Large images are reduced (box filter, integer factor) to about this side before the colour work:
+# 8 times the model's 28, so the final Lanczos resize sees the same detail.
+WORKING_SIDE = 224
 _EXPECTED = "[28, 28] (one image) or [n, 28, 28] (a batch)"
 
 
@@ -33,6 +41,10 @@ class JsonBody:
     # NumPy silently promotes booleans mixed with numbers to 0/1; only a body that spells
     # `true`/`false` somewhere needs the slower per-element check, so the common case stays fast.
     mentions_booleans: bool
+    # NumPy turns a list holding a string into a string array as wide as the longest string, for
+    # every element: one long string among 100,000 numbers costs gigabytes. Only a body with
+    # strings other than its top-level keys needs the check (every string is two quotes).
+    mentions_strings: bool = True
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,11 @@ def parse_json(raw: bytes, max_batch: int | None = None) -> JsonBody:
         pass
     else:
         if isinstance(value, dict):
-            return JsonBody(value, mentions_booleans=b"true" in raw or b"false" in raw)
+            return JsonBody(
+                value,
+                mentions_booleans=b"true" in raw or b"false" in raw,
+                mentions_strings=raw.count(b'"') != 2 * len(value),
+            )
     if not raw.strip():
         raise InvalidInputError("request body is empty; expected a JSON object", Reason.INVALID_JSON)
     try:
@@ -73,7 +89,11 @@ def parse_json(raw: bytes, max_batch: int | None = None) -> JsonBody:
         raise InvalidInputError(
             f"request body must be a JSON object, got a JSON {_json_type(value)}", Reason.INVALID_JSON
         )
-    return JsonBody(value, mentions_booleans="true" in text or "false" in text)
+    return JsonBody(
+        value,
+        mentions_booleans="true" in text or "false" in text,
+        mentions_strings=text.count('"') != 2 * len(value),
+    )
 
 
 # Room for the fields around the pixels (ids, shapes, names, parameters).
@@ -104,8 +124,12 @@ def require(body: dict[str, Any], field: str, hint: str) -> Any:
     return body[field]
 
 
-def numeric_array(value: Any, field: str, check_booleans: bool) -> npt.NDArray[Any]:
+def numeric_array(
+    value: Any, field: str, check_booleans: bool, check_strings: bool = True
+) -> npt.NDArray[Any]:
     """``value`` as a rectangular numeric array (any shape), or a 400 saying what it holds instead."""
+    if check_strings:
+        _refuse_strings(value, field)
     try:
         array = np.asarray(value)
     except ValueError:
@@ -161,9 +185,11 @@ def check_images(array: npt.NDArray[Any], field: str, max_batch: int, expected: 
     return array.astype(np.float32, copy=False)
 
 
-def images_from_json(value: Any, field: str, max_batch: int, check_booleans: bool) -> Batch:
+def images_from_json(
+    value: Any, field: str, max_batch: int, check_booleans: bool, check_strings: bool = True
+) -> Batch:
     """One ``[28][28]`` image or a ``[n][28][28]`` batch (``field`` names it in errors)."""
-    array = numeric_array(value, field, check_booleans)
+    array = numeric_array(value, field, check_booleans, check_strings)
     single = array.shape == IMAGE_SHAPE
     return Batch(check_images(array[np.newaxis] if single else array, field, max_batch), single)
 
@@ -174,25 +200,39 @@ def images_from_upload(data: bytes) -> Images:
     MNIST digits are light strokes on a black background. Grayscale, with transparent pixels
     taken as white paper; an image that is mostly light (a dark digit on paper) is inverted;
     then it is padded to a square with black, keeping its aspect ratio, and resized to 28x28.
+
+    Memory is bounded before anything is decoded (a small file can declare a huge canvas): the
+    canvas's size is checked from the header, a JPEG is decoded in grayscale at a reduced scale,
+    and a large image is reduced to about ``WORKING_SIDE`` pixels before any other copy is made.
     """
     from PIL import Image, ImageOps, ImageStat
 
+    _limit_png_text()
     if not data:
         raise InvalidInputError("the uploaded image is empty", Reason.BAD_IMAGE)
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise InvalidInputError(
-                    f"image is {image.width}x{image.height} pixels; at most {MAX_IMAGE_PIXELS} pixels "
-                    "are accepted",
-                    Reason.BAD_IMAGE,
-                )
+            _check_canvas(image)
+            if image.format == "JPEG":
+                # libjpeg scales by 1/2 to 1/8 while decoding: a photo never lands full size.
+                image.draft("L", (WORKING_SIDE, WORKING_SIDE))
             image.load()
-            oriented = ImageOps.exif_transpose(image)
-            if oriented.mode in ("RGBA", "LA", "PA") or "transparency" in oriented.info:
-                rgba = oriented.convert("RGBA")
-                oriented = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-            gray = oriented.convert("L")
+            orientation = image.getexif().get(_ORIENTATION)
+            transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            if transparent:
+                working = image.convert("RGBA").convert("LA") if image.mode == "P" else image.convert("LA")
+            else:
+                working = image.convert("L")
+        factor = min(working.size) // WORKING_SIDE
+        if factor >= 2:
+            working = working.reduce(factor)
+        if orientation in _TRANSPOSE:
+            working = working.transpose(Image.Transpose(_TRANSPOSE[orientation]))
+        if transparent:
+            gray, alpha = working.split()
+            gray = Image.composite(gray, Image.new("L", gray.size, 255), alpha)
+        else:
+            gray = working
     except InvalidInputError:
         raise
     except Exception as exc:
@@ -206,6 +246,55 @@ def images_from_upload(data: bytes) -> Images:
     square = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=0)
     pixels = np.asarray(square, dtype=np.float32) / np.float32(255.0)
     return pixels[np.newaxis]
+
+
+def _check_canvas(image: Any) -> None:
+    """Refuse, from the header alone, a canvas whose decoding would cost too much memory."""
+    width, height = image.size
+    progressive = image.format == "JPEG" and bool(image.info.get("progressive"))
+    # A baseline JPEG is decoded at a reduced scale (draft); a progressive one needs its whole
+    # coefficient buffer (2 bytes per pixel and component) whatever the scale, and a PNG its canvas.
+    limit = MAX_JPEG_PIXELS if image.format == "JPEG" and not progressive else MAX_IMAGE_PIXELS
+    if width * height > limit:
+        side = math.isqrt(limit)
+        kind = "progressive JPEG" if progressive else image.format
+        raise InvalidInputError(
+            f"image is {width}x{height} pixels; at most {limit} pixels (e.g. {side}x{side}) are "
+            f"decoded for a {kind}: scale it down",
+            Reason.BAD_IMAGE,
+        )
+
+
+def _limit_png_text() -> None:
+    # Text chunks are decompressed whole (up to 64 MiB per image by Pillow's default): a few kB
+    # of zTXt can inflate to that. Digits need no text.
+    from PIL import PngImagePlugin
+
+    PngImagePlugin.MAX_TEXT_CHUNK = 64 * 1024
+    PngImagePlugin.MAX_TEXT_MEMORY = 256 * 1024
+
+
+_ORIENTATION = 0x0112  # EXIF Orientation
+# As ImageOps.exif_transpose, applied to the reduced image rather than the whole canvas: the
+# orientation's Image.Transpose (FLIP_LEFT_RIGHT 0, FLIP_TOP_BOTTOM 1, ROTATE_90 2, ROTATE_180 3,
+# ROTATE_270 4, TRANSPOSE 5, TRANSVERSE 6).
+_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}
+
+
+def _refuse_strings(value: Any, field: str) -> None:
+    """A 400 if ``value``'s nested lists hold a string, found before NumPy sees it (see
+    ``JsonBody.mentions_strings``): level by level, in C loops, stopping at a level that is not
+    all lists (NumPy refuses a ragged nesting before it allocates anything)."""
+    level = [value]
+    while level:
+        kinds = set(map(type, level))
+        if str in kinds:
+            raise InvalidInputError(
+                f"{field} holds strings; pixels must be numbers in [0, 1]", Reason.WRONG_DTYPE
+            )
+        if kinds != {list}:
+            return
+        level = list(itertools.chain.from_iterable(level))
 
 
 def _holds_booleans(array: npt.NDArray[Any], value: Any) -> bool:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
+import tracemalloc
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from mnist_server.decoding import (
+    MAX_IMAGE_PIXELS,
     check_images,
     images_from_json,
     images_from_upload,
@@ -101,3 +106,95 @@ def test_the_batch_limit_is_checked_after_the_shape() -> None:
         images_from_json([[0.0] * 5] * 5, "inputs", 4, check_booleans=False)
     assert wrong.value.reason is Reason.WRONG_SHAPE
     assert "[5, 5]" in wrong.value.message
+
+
+# --- memory: bounded before anything large is built ----------------------------------------
+
+
+def peak_allocated_mb(work: Callable[[], object]) -> float:
+    """Peak memory Python and NumPy allocate while ``work`` runs (both report to tracemalloc)."""
+    tracemalloc.start()
+    with contextlib.suppress(InvalidInputError, TooLargeError):
+        work()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def test_a_png_canvas_above_the_limit_is_refused_from_its_header() -> None:
+    side = math.isqrt(MAX_IMAGE_PIXELS)
+    accepted = encode(np.zeros((side, side), np.uint8))
+    assert images_from_upload(accepted).shape == (1, 28, 28)
+    refused = encode(np.zeros((side + 1, side), np.uint8))
+    with pytest.raises(InvalidInputError, match=f"{side}x{side + 1} pixels") as error:
+        images_from_upload(refused)
+    assert error.value.reason is Reason.BAD_IMAGE
+    assert peak_allocated_mb(lambda: images_from_upload(refused)) < 2
+
+
+def test_a_large_baseline_jpeg_is_decoded_at_a_reduced_scale_but_not_a_progressive_one() -> None:
+    photo = np.full((4096, 3072, 3), 255, np.uint8)  # a 12-megapixel photo of white paper...
+    photo[1000:3000, 1400:1700] = 0  # ...with a dark stroke
+    baseline = encode(photo, fmt="JPEG")
+    # Full size, one RGB copy alone would be 36 MiB.
+    assert peak_allocated_mb(lambda: images_from_upload(baseline)) < 12
+    image = images_from_upload(baseline)[0]
+    assert image[14, 14] > 0.9 and image[14, 2] < 0.1  # inverted: a light stroke on black
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", progressive=True)
+    with pytest.raises(InvalidInputError, match="progressive JPEG"):
+        images_from_upload(buffer.getvalue())
+
+
+def test_exif_orientation_is_applied_to_the_reduced_image() -> None:
+    upright = np.zeros((1000, 1000), np.uint8)
+    upright[100:300, 450:550] = 255  # a light bar near the top
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored upside down: rotate 180 degrees to view
+    buffer = io.BytesIO()
+    Image.fromarray(upright[::-1, ::-1].copy()).save(buffer, format="PNG", exif=exif)
+    image = images_from_upload(buffer.getvalue())[0]
+    assert image[:14].mean() > image[14:].mean()  # the bar is back at the top
+
+
+def test_png_text_chunks_cannot_inflate() -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (8 * 1024 * 1024), zip=True)  # 8 MiB compressing to ~8 kB
+    buffer = io.BytesIO()
+    Image.fromarray(DIGIT).save(buffer, format="PNG", pnginfo=info)
+    assert len(buffer.getvalue()) < 64 * 1024
+    assert peak_allocated_mb(lambda: images_from_upload(buffer.getvalue())) < 4
+
+
+@pytest.mark.parametrize("item", [b"{}", b"0", b"[]", b'"a"'])
+def test_a_body_of_more_json_values_than_a_batch_can_need_is_refused_before_parsing(item: bytes) -> None:
+    body = b'{"inputs": [' + b",".join([item] * 200_000) + b"]}"
+    with pytest.raises(TooLargeError, match="more JSON values than 128 images") as error:
+        parse_json(body, max_batch=128)
+    assert error.value.reason is Reason.BATCH_TOO_LARGE
+    assert peak_allocated_mb(lambda: parse_json(body, max_batch=128)) < 1
+    many_keys = b'{"inputs": 0, ' + b",".join(b'"k%d": 0' % i for i in range(5000)) + b"}"
+    with pytest.raises(TooLargeError, match="object members"):
+        parse_json(many_keys, max_batch=128)
+
+
+def test_one_long_string_among_numbers_is_refused_without_a_string_array() -> None:
+    # NumPy would make a string array as wide as the longest string for all 100,000 values:
+    # 100,000 x 40,000 characters x 4 bytes = 16 GB.
+    body = b'{"inputs": [["' + b"x" * 40_000 + b'"' + b", 0" * 100_000 + b"]]}"
+    parsed = parse_json(body, max_batch=128)
+    assert parsed.mentions_strings
+    with pytest.raises(InvalidInputError, match="holds strings"):
+        images_from_json(parsed.value["inputs"], "inputs", 128, parsed.mentions_booleans)
+    assert peak_allocated_mb(lambda: images_from_json(parsed.value["inputs"], "inputs", 128, False)) < 8
+    plain = parse_json(json.dumps({"inputs": DIGIT.tolist()}).encode(), max_batch=1)
+    assert not plain.mentions_strings  # the usual body skips the check
+
+
+def test_nested_strings_are_found_at_any_depth_and_ragged_nesting_is_left_to_numpy() -> None:
+    with pytest.raises(InvalidInputError, match="holds strings"):
+        numeric_array([[[0.5] * 27 + ["x"]] * 28], "inputs", False)
+    with pytest.raises(InvalidInputError, match="ragged"):
+        numeric_array([[0.5, 0.5], 0.5], "inputs", False)

@@ -20,7 +20,7 @@ HINT = 'send {"inputs": <28x28 floats in [0, 1]>} or {"inputs": [<28x28>, ...]}'
 
 def parse_request(body: JsonBody, max_batch: int) -> Batch:
     value = require(body.value, FIELD, HINT)
-    return images_from_json(value, FIELD, max_batch, body.mentions_booleans)
+    return images_from_json(value, FIELD, max_batch, body.mentions_booleans, body.mentions_strings)
 
 
 def response(probabilities: Probabilities, single: bool, latency: float) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def parse_infer_request(body: JsonBody, max_batch: int, binary: bytes | None = N
     if binary_size is not None:
         array = _binary_array(binary or b"", binary_size, datatype)
     else:
-        array = numeric_array(tensor["data"], "inputs[0].data", body.mentions_booleans)
+        array = numeric_array(tensor["data"], "inputs[0].data", body.mentions_booleans, body.mentions_strings)
     needed = math.prod(shape)
     if array.size != needed:
         raise InvalidInputError(
