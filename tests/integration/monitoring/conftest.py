@@ -149,6 +149,7 @@ def operator_metrics() -> Iterator[str]:
     registry = CollectorRegistry()
     metrics = Metrics.create(registry)
     metrics.observe_error("InvalidSpec")  # once, long ago: no lasting error rate
+    metrics.leader.set(1)  # it reconciles, so it is the replica holding the Lease
     stop_event = threading.Event()
 
     def reconcile_forever() -> None:
