@@ -301,7 +301,8 @@ def _holds_booleans(array: npt.NDArray[Any], value: Any) -> bool:
     if array.size == 0:
         return False
     objects = np.asarray(value, dtype=object)
-    return bool(_IS_BOOL(objects).any())
+    # np.asarray: on a 0-d array (a bare number) the ufunc returns a plain bool, not an array.
+    return bool(np.asarray(_IS_BOOL(objects)).any())
 
 
 _IS_BOOL = np.frompyfunc(lambda item: item.__class__ is bool, 1, 1)
