@@ -117,6 +117,148 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def targets_issue_11(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(target, where, measured, verdict) rows: speed against KServe on the same runtime, slow
+    clients and overload."""
+    rows: list[tuple[str, str, str, str]] = []
+    kserve = _find(data, "kserve", "v2-1", 32)
+    for key in ("ours-onnx", "ours-onnx-before"):
+        run = _run(data, key)
+        if run is None or run["error"]:
+            continue
+        name = run["label"]
+        v2_32 = _find(data, key, "v2-1", 32)
+        ratio = _ratio(v2_32 and v2_32["requests_per_s"], kserve and kserve["requests_per_s"])
+        ok = None if ratio is None or v2_32 is None else ratio >= 3 and v2_32["latency_ms"]["p99"] < 50
+        rows.append(
+            (
+                "single images, c=32, one worker: >= 3x KServe (ONNX Runtime) req/s, p99 < 50 ms",
+                f"{name}, v2 JSON vs KServe v2 JSON",
+                "n/a"
+                if ratio is None or v2_32 is None
+                else f"{ratio:.1f}x, p99 {v2_32['latency_ms']['p99']:.1f} ms",
+                _verdict(ok),
+            )
+        )
+        c1 = _find(data, key, "tutorial-1", 1)
+        p50 = c1["latency_ms"]["p50"] if c1 else None
+        rows.append(
+            (
+                "single image, c=1: p50 < 1 ms",
+                f"{name}, /predict JSON",
+                _fmt(p50, ".2f", " ms"),
+                _verdict(None if p50 is None else p50 < 1.0),
+            )
+        )
+        robust = run.get("robustness")
+        if not robust:
+            continue
+        trickling = robust["slow_clients"]["trickling"]
+        worst = max(m["p99_ms"] for m in trickling.values())
+        rows.append(
+            (
+                "256 trickling connections: /healthz, /readyz, /predict p99 < 50 ms",
+                name,
+                ", ".join(f"{path} {m['p99_ms']:.1f} ms" for path, m in trickling.items()),
+                _verdict(worst < 50 and all(m["errors"] == 0 for m in trickling.values())),
+            )
+        )
+        over = robust["overload"]
+        observed = over["observer"]
+        refused = observed.get("/predict 503")
+        probes = [observed[k] for k in ("/healthz 200", "/readyz 200") if k in observed]
+        probe_p99 = max((m["p99_ms"] for m in probes), default=None)
+        answered_share = over["answered_per_s"] / over["capacity_per_s"]
+        rows.append(
+            (
+                "4x capacity: refused fast (503 p99), throughput kept, probes p99 < 50 ms",
+                name,
+                (f"503 p99 {refused['p99_ms']:.1f} ms" if refused else "no 503 seen")
+                + f", {over['answered_per_s']:,.0f} req/s answered ({answered_share:.0%} of capacity)"
+                + (f", probes p99 {probe_p99:.1f} ms" if probe_p99 is not None else ""),
+                _verdict(
+                    refused is not None
+                    and refused["p99_ms"] < 50
+                    and answered_share >= 0.5
+                    and probe_p99 is not None
+                    and probe_p99 < 50
+                ),
+            )
+        )
+    return rows
+
+
+def robustness_section(data: dict[str, Any]) -> list[str]:
+    runs = [run for run in data["runs"] if run.get("robustness") and not _is_variant(run)]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "## Slow clients and overload",
+        "",
+        "**Slow clients** (bench/robustness.py): 256 connections trickle a byte a second, half of them "
+        "their headers, half a body (each one the server cuts is replaced at once). wrk measures "
+        "`/healthz` and `/readyz` (4 connections) and single-image `/predict` (8 connections), first "
+        "without the tricklers (usual), then with them.",
+        "",
+        "| server | path | usual req/s | usual p50 ms | usual p99 ms | trickling req/s | trickling p50 ms "
+        "| trickling p99 ms | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs:
+        slow = run["robustness"]["slow_clients"]
+        for path, usual in slow["usual"].items():
+            under = slow["trickling"][path]
+            lines.append(
+                f"| {run['label']} | {path} | {usual['requests_per_s']:,.0f} | {usual['p50_ms']:.2f} | "
+                f"{usual['p99_ms']:.2f} | {under['requests_per_s']:,.0f} | {under['p50_ms']:.2f} | "
+                f"{under['p99_ms']:.2f} | {under['errors']} |"
+            )
+    lines += [""]
+    for run in runs:
+        cut = run["robustness"]["slow_clients"]["cut"]
+        answers = ", ".join(f"{key} x{count}" for key, count in cut["answers"].items()) or "none"
+        lines.append(
+            f"- {run['label']}: {cut['bodies']} trickled bodies and {cut['headers']} trickled headers "
+            f"were cut during the run (median after {_fmt(cut['body_seconds_median'], '.1f', ' s')} and "
+            f"{_fmt(cut['header_seconds_median'], '.1f', ' s')}); what they got: {answers}."
+        )
+    lines += [
+        "",
+        "**Overload**: wrk paces 960 connections to offer four times the single-image rate the server "
+        "answered at 32 connections (its capacity here), for the scenario's duration (each connection "
+        "waits for its answer, so what they offer falls short of that once answers slow: the offered "
+        "column is what they sent); an observer "
+        "meanwhile sends one request at a time (a prediction, `/healthz`, `/readyz`, each on a new "
+        "connection) and records its status and latency.",
+        "",
+        "| server | capacity req/s | offered req/s | answered req/s | refused | observer: answered /predict "
+        "p50 / p99 ms | refused /predict p50 / p99 ms | /healthz p50 / p99 ms | /readyz p50 / p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+
+    def cell(observed: dict[str, Any], key: str) -> str:
+        m = observed.get(key)
+        return f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f} (n={m['count']})" if m else "none"
+
+    for run in runs:
+        over = run["robustness"]["overload"]
+        observed = over["observer"]
+        lines.append(
+            f"| {run['label']} | {over['capacity_per_s']:,.0f} | {over['offered_per_s']:,.0f} | "
+            f"{over['answered_per_s']:,.0f} | {over['refused_share']:.0%} | "
+            f"{cell(observed, '/predict 200')} | {cell(observed, '/predict 503')} | "
+            f"{cell(observed, '/healthz 200')} | {cell(observed, '/readyz 200')} |"
+        )
+        others = {k: v for k, v in observed.items() if not k.endswith((" 200", " 503"))}
+        if others or over["socket_errors"]:
+            also = ", ".join(f"{key} x{value['count']}" for key, value in others.items())
+            lines.append(
+                f"| {run['label']}: also | | | | | {also} | wrk socket errors {over['socket_errors']} | | |"
+            )
+    return lines
+
+
 def render(data: dict[str, Any]) -> str:
     machine = data["machine"]
     model = data["model"]["metadata"]
@@ -149,6 +291,16 @@ def render(data: dict[str, Any]) -> str:
         "| --- | --- | --- | --- |",
     ]
     lines += [f"| {t} | {w} | {m} | {v} |" for t, w, m, v in targets(data)]
+    issue_11 = targets_issue_11(data)
+    if issue_11:
+        lines += [
+            "",
+            "## Targets (issue 11)",
+            "",
+            "| target | where | measured | |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [f"| {t} | {w} | {m} | {v} |" for t, w, m, v in issue_11]
     lines += [
         "",
         "## Compute limit: batched inference in-process, no HTTP",
@@ -212,19 +364,21 @@ def render(data: dict[str, Any]) -> str:
                     f"{mine['requests_per_s'] / r['requests_per_s']:.1f}x | "
                     f"{r['latency_ms']['p50'] / max(mine['latency_ms']['p50'], 1e-9):.1f}x |"
                 )
+    lines += robustness_section(data)
     lines += _tuning(data)
     lines += [
         "",
         "## Notes",
         "",
-        "- KServe runs one process. Its multi-process mode (`--workers 2`) starts workers with "
-        "`spawn` and pickles the model object into them; a model holding a loaded TensorFlow "
-        "SavedModel cannot be pickled (`Can't pickle local object "
-        "'Loader._recreate_base_user_object.<locals>._UserObject'`), so one process is what KServe's "
-        "Python server can do with this model.",
-        "- Our server runs Flask under Granian (HTTP in Rust, the app on Python threads). One worker "
-        "process is bound by the Python side of a request (Flask, JSON and NumPy conversion hold the "
-        "GIL), so it uses about one core and a quarter; a second worker on the second core nearly "
+        "- The machine is shared: other work ran on its two cores during the runs (the load average "
+        "above), so every figure is noisy, by 20-30 % from one run to the next; compare rows of the "
+        "same run, and repeat a scenario (`--only`) before trusting a difference.",
+        "- KServe runs one process (its default), on the same model.onnx and the same ONNX Runtime "
+        "(and session options) as our onnx backend, so the ratio measures the serving stack alone.",
+        "- Our server runs under Granian's RSGI interface: HTTP in Rust, each request on the worker's "
+        "asyncio event loop, JSON of lone small requests decoded on the loop, the model in the "
+        "micro-batcher's thread. One worker process is bound by the Python side of a request (JSON "
+        "and NumPy conversion, the glue, under the GIL); a second worker on the second core nearly "
         "doubles single-image throughput. Batches of 64 are bound by the model instead.",
     ]
     lines += ["", "## The servers", ""]

@@ -8,9 +8,13 @@
    server's CPU and memory from /proc and wrk's own CPU:
    - ours, on the onnx and the tensorflow backends;
    - a tutorial-style baseline (bench/baseline_server.py: Flask, ``model.predict`` per request);
-   - KServe's Python model server (bench/kserve_peer.py, v2 protocol), from a virtualenv of its
-     own that this script creates on first use (kserve pins many packages).
-4. Writes docs/benchmarks.md (and the raw figures to docs/benchmarks.json).
+   - KServe's Python model server (bench/kserve_peer.py, v2 protocol) on the same model.onnx on
+     ONNX Runtime, from a virtualenv of its own that this script creates on first use (kserve
+     pins many packages);
+   - with ``--before TREE``, our server from another source tree (an earlier commit, extracted
+     with ``git archive``), on the onnx backend: before and after, in the same conditions.
+4. Runs the slow-client and overload scenarios against our onnx server(s) (bench/robustness.py).
+5. Writes docs/benchmarks.md (and the raw figures to docs/benchmarks.json).
 
 Servers are stopped at the end of their scenarios, whatever happens. Every request loop is
 bounded in time; traffic goes to 127.0.0.1 only.
@@ -49,6 +53,7 @@ sys.path.insert(0, str(BENCH))
 import numpy as np  # noqa: E402
 import payloads  # noqa: E402
 import report  # noqa: E402
+import robustness  # noqa: E402
 from procstat import TreeSampler, TreeUsage  # noqa: E402
 
 LUA = BENCH / "wrk" / "requests.lua"
@@ -119,6 +124,7 @@ class ServerRun:
     idle_total_pss_mb: float
     results: list[Result] = field(default_factory=list)
     error: str | None = None
+    robustness: dict[str, Any] | None = None
 
 
 # --- environment ------------------------------------------------------------------------------
@@ -254,9 +260,10 @@ def compute_limits(version_dir: Path, backends: list[str], seconds: float) -> di
 # --- KServe's virtualenv ----------------------------------------------------------------------
 
 
-def ensure_kserve_venv(tensorflow_version: str) -> Path:
+def ensure_kserve_venv(onnxruntime_version: str) -> Path:
     python = KSERVE_VENV / "bin" / "python"
-    wanted = {"kserve": KSERVE_VERSION, "tensorflow-cpu": tensorflow_version}
+    # The peer runs the same model.onnx on the same ONNX Runtime as our onnx backend.
+    wanted = {"kserve": KSERVE_VERSION, "onnxruntime": onnxruntime_version}
     if python.exists():
         have = package_versions(python, list(wanted))
         if have == wanted:
@@ -455,6 +462,7 @@ def benchmark_server(
     workdir: Path,
     seconds: float,
     warmup: float,
+    robust: bool = False,
 ) -> ServerRun:
     port = free_port()
     command = [part.replace("{port}", str(port)) for part in spec.command]
@@ -501,11 +509,32 @@ def benchmark_server(
                 )
                 run.results.append(result)
                 print(f"  {scenario.payload:<12} c={scenario.concurrency:<4} {summary(result)}", flush=True)
+            if robust:
+                run.robustness = robustness_scenarios(run, base, port, sets, seconds)
         except Exception as exc:
             run.error = f"{type(exc).__name__}: {exc}"
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
             print(f"  FAILED: {run.error}\n  log tail:\n{tail}", flush=True)
     return run
+
+
+def robustness_scenarios(
+    run: ServerRun, base: str, port: int, sets: dict[str, payloads.PayloadSet], seconds: float
+) -> dict[str, Any]:
+    """Slow clients, then overload at four times the single-image rate answered at c=32."""
+    single = sets["tutorial-1"].directory
+    print("  slow clients: 256 connections trickling headers and bodies", flush=True)
+    slow = robustness.slow_clients(base, port, single, min(seconds, 4.0))
+    for name in ("usual", "trickling"):
+        figures = "  ".join(f"{path} p99 {m['p99_ms']:.1f} ms" for path, m in slow[name].items())
+        print(f"    {name:<10} {figures}")
+    print(f"    cut: {slow['cut']}", flush=True)
+    at_32 = next((r for r in run.results if r.payload == "tutorial-1" and r.concurrency == 32), None)
+    capacity = at_32.requests_per_s if at_32 else 1000.0
+    print(f"  overload: 4 x {capacity:.0f} req/s offered", flush=True)
+    over = robustness.overload(base, port, single, capacity, seconds)
+    print(f"    {over}", flush=True)
+    return {"slow_clients": slow, "overload": over}
 
 
 def summary(r: Result) -> str:
@@ -587,7 +616,9 @@ def only(specs: list[ServerSpec], selection: str | None) -> list[ServerSpec]:
     ]
 
 
-def server_specs(version_dir: Path, kserve_python: Path | None, which: set[str]) -> list[ServerSpec]:
+def server_specs(
+    version_dir: Path, kserve_python: Path | None, which: set[str], before: Path | None = None
+) -> list[ServerSpec]:
     venv_python = sys.executable
     model_env = {
         "MNIST_SERVER_MODEL_ROOT": str(version_dir.parent.parent),
@@ -604,6 +635,20 @@ def server_specs(version_dir: Path, kserve_python: Path | None, which: set[str])
         for name, path in (("tutorial-64", "/predict"), ("v2-64", V2), ("v2bin-64", V2))
     ]
     specs = []
+    if before is not None:
+        specs.append(
+            ServerSpec(
+                key="ours-onnx-before",
+                label="mnist-server (onnx) before",
+                command=[venv_python, "-m", "mnist_server.cli"],
+                env=model_env
+                | {"MNIST_SERVER_BACKEND": "onnx", "PYTHONPATH": str(before.resolve() / "model_server")},
+                scenarios=ours_scenarios,
+                probe=Scenario("tutorial-1", "/predict", 1),
+                notes=f"this project's server from {before} (an earlier commit), default settings, "
+                "MNIST_SERVER_BACKEND=onnx",
+            )
+        )
     for backend in ("onnx", "tensorflow"):
         specs.append(
             ServerSpec(
@@ -663,10 +708,11 @@ def server_specs(version_dir: Path, kserve_python: Path | None, which: set[str])
                 + [Scenario(name, V2, BATCH_CONCURRENCY) for name in ("v2-64", "v2bin-64")],
                 probe=Scenario("v2-1", V2, 1),
                 notes="KServe's Python model server, one process (its default), a custom `kserve.Model` "
-                "calling the same serving signature (bench/kserve_peer.py); per-request logging off",
+                "running the same model.onnx on the same ONNX Runtime with our onnx backend's session "
+                "options (bench/kserve_peer.py); per-request logging off",
             )
         )
-    return [spec for spec in specs if spec.key in which]
+    return [spec for spec in specs if spec.key in which or spec.key == "ours-onnx-before"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -699,6 +745,19 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="also run our onnx server with other settings: 'name: MNIST_SERVER_X=value ...' "
         f"(repeatable; default: {DEFAULT_VARIANTS[0]!r})",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="TREE",
+        help="also run our server from this source tree (e.g. `git archive <commit> model_server | tar -x "
+        "-C TREE`), on the onnx backend, labelled 'before'",
+    )
+    parser.add_argument(
+        "--no-robustness",
+        dest="robustness",
+        action="store_false",
+        help="skip the slow-client and overload scenarios (bench/robustness.py)",
     )
     parser.add_argument(
         "--no-sweep",
@@ -747,13 +806,12 @@ def main() -> int:
     kserve_python = None
     kserve_versions: dict[str, str] = {}
     if "kserve" in which:
-        tf_version = ours_versions.get("tensorflow-cpu") or ours_versions.get("tensorflow", "2.21.0")
-        kserve_python = ensure_kserve_venv(tf_version)
+        kserve_python = ensure_kserve_venv(ours_versions.get("onnxruntime", "1.32.0"))
         kserve_versions = package_versions(
-            kserve_python, ["kserve", "tensorflow-cpu", "fastapi", "uvicorn", "numpy", "orjson"]
+            kserve_python, ["kserve", "onnxruntime", "fastapi", "uvicorn", "numpy", "orjson"]
         )
 
-    specs = only(server_specs(version_dir, kserve_python, which), args.only)
+    specs = only(server_specs(version_dir, kserve_python, which, args.before), args.only)
     base = next((spec for spec in server_specs(version_dir, None, {"ours-onnx"})), None)
     if base is not None and (args.variant or args.sweep):
         if args.variant:
@@ -771,6 +829,7 @@ def main() -> int:
                 workdir=workdir,
                 seconds=args.duration,
                 warmup=args.warmup,
+                robust=args.robustness and spec.key in ("ours-onnx", "ours-onnx-before"),
             )
         )
 
