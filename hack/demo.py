@@ -25,7 +25,7 @@ Either way it tears everything down at the end, or with `--keep` leaves it runni
 stops it later).
 
 Everything lives in .demo/ (git-ignored): the cluster's state, logs, the ServiceAccount's
-kubeconfig. The helpers here (free_port, wait_for, install_rbac, service_account_kubeconfig,
+kubeconfig. The helpers here (install_rbac, service_account_kubeconfig,
 start_operator) are shared with tests/integration/packaging.
 """
 
@@ -37,16 +37,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from devkit import WaitTimeoutError, free_port, wait_for
 
 from localcluster import ClusterError, LocalCluster, images, node
 from localcluster.images import Images
@@ -70,25 +71,6 @@ class DemoError(RuntimeError):
 
 
 # ----- helpers shared with the tests ---------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.25) -> T:
-    """Poll `probe` until it returns something other than None (or False); DemoError on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise DemoError(f"{what}: not after {timeout:.0f} s")
-        time.sleep(interval)
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -208,7 +190,7 @@ def start_operator(
             raise DemoError(f"the operator exited with code {process.returncode}; see {log_path}")
         return http_get(handle.health_url)[0] == 200
 
-    wait_for("the operator's liveness endpoint", live, timeout=60)
+    wait_for(live, "the operator's liveness endpoint", timeout=60)
     return handle
 
 
@@ -341,7 +323,7 @@ def serve_and_predict(models: Path, version: str, state: Path, digit_index: int,
                 raise DemoError(f"mnist-server exited with code {server.returncode}; see {log_path}")
             return http_get(url + "/readyz")[0] == 200
 
-        wait_for("mnist-server /readyz", ready, timeout=180, interval=0.5)
+        wait_for(ready, "mnist-server /readyz", timeout=180, interval=0.5)
         test = load_mnist().test
         index = digit_index % len(test)
         image, label = test.images[index], int(test.labels[index])
@@ -541,8 +523,8 @@ class Demo:
             return body if current and condition and condition["status"] == "True" else None
 
         try:
-            body = wait_for(f"MnistModel {name} Ready", is_ready, timeout=self.args.timeout, interval=0.5)
-        except DemoError:
+            body = wait_for(is_ready, f"MnistModel {name} Ready", timeout=self.args.timeout, interval=0.5)
+        except WaitTimeoutError:
             self.narrator.say(describe_status(model_status(self.cluster, name)))
             raise
         self.narrator.say(describe_status(body))
@@ -593,7 +575,7 @@ class Demo:
             kept = self.run_on_real_node() if self.cluster.real_node else self.run_without_real_node()
             print(f"\nDemo finished in {self.narrator.elapsed():.0f} s.")
             return 0
-        except (DemoError, ClusterError, subprocess.CalledProcessError) as exc:
+        except (DemoError, WaitTimeoutError, ClusterError, subprocess.CalledProcessError) as exc:
             detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else ""
             print(f"\ndemo failed: {exc}\n{detail}", file=sys.stderr)
             if self.operator is not None:

@@ -1,26 +1,13 @@
-"""Helpers shared by several test suites (``tests`` is on pytest's pythonpath)."""
+"""Helpers shared by several test suites (``tests`` is on pytest's pythonpath). `free_port` and
+`wait_for` come from hack/devkit.py, which the demo and the benchmarks share too."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import pytest
+from devkit import WaitTimeoutError, free_port, wait_for
 
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0, interval: float = 0.2) -> T:
-    """Poll until `probe` returns something truthy; fail naming `what` after the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+__all__ = ["WaitTimeoutError", "free_port", "tiny_keras_model", "wait_for"]
 
 
 def tiny_keras_model(seed: int, hidden: int = 16) -> Any:

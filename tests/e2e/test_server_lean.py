@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from testkit import tiny_keras_model
+from testkit import free_port, tiny_keras_model
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +53,6 @@ class Lean:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

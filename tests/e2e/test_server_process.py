@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from testkit import free_port
 
 from mnist_server.data import MnistData, Split, load_mnist
 from mnist_server.training import TrainConfig, train
@@ -69,13 +69,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("e2e-models")
     result = train(TrainConfig(output=root, epochs=2, batch_size=64, quiet=True), data=data)
     return Trained(root, result.model_version.version, data.test, result.test_accuracy)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

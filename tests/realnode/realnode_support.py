@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from demo import OPERATOR_NAMESPACE, install_in_cluster
-from testkit import wait_for
+from testkit import WaitTimeoutError, wait_for
 
 from localcluster import LocalCluster, node
 from localcluster.images import Images
@@ -94,7 +94,7 @@ def wait_condition(cluster: LocalCluster, namespace: str, name: str, status: str
     what = f"MnistModel {namespace}/{name} Ready={status}" + (f" ({reason})" if reason else "")
     try:
         return wait_for(probe, what, timeout=timeout, interval=0.5)
-    except pytest.fail.Exception:
+    except WaitTimeoutError:
         last = condition(get(cluster, namespace, "mnistmodel", name))
         pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
         pytest.fail(f"{what}: last Ready condition {last}\n{pods}")

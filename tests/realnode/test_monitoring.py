@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from integration.monitoring.monitoring_support import Prometheus, free_port, poll, stop
+from integration.monitoring.monitoring_support import Prometheus, stop
 from realnode.realnode_support import (
     Digits,
     OperatorInstall,
@@ -36,6 +36,7 @@ from realnode.realnode_support import (
     predict,
     wait_condition,
 )
+from testkit import free_port, wait_for
 
 from localcluster import REPO_ROOT, LocalCluster
 
@@ -176,7 +177,7 @@ def test_prometheus_scrapes_the_real_pods_and_the_dashboard_shows_them(
             targets = [t for t in prometheus.api("targets")["activeTargets"] if t["health"] == "up"]
             return targets if len(targets) == 2 else None
 
-        targets = poll("both real pods discovered and up", both_pods_up, timeout=60)
+        targets = wait_for(both_pods_up, "both real pods discovered and up", timeout=60)
         assert {t["labels"]["node"] for t in targets} == {"real-node-0"}
         assert {t["labels"]["service"] for t in targets} == {"digits"}
 
@@ -187,9 +188,9 @@ def test_prometheus_scrapes_the_real_pods_and_the_dashboard_shows_them(
         with SteadyLoad(ip, rn_digits.images[0], clients=1):
             for title, expr in server_panel_queries(rn_namespace, "digits"):
                 _bad_request(ip)
-                values = poll(
-                    f"data for the panel {title}: {expr}",
-                    lambda expr=expr: _finite(prometheus.query(expr)) or None,  # type: ignore[misc]
+                values = wait_for(
+                    lambda expr=expr: _finite(prometheus.query(expr)) or None,
+                    f"data for the panel {title}: {expr}",  # type: ignore[misc]
                     timeout=60,
                     interval=0.5,
                 )
@@ -214,7 +215,7 @@ def running_prometheus(discovery: EndpointsDiscovery, work: Path) -> Iterator[Pr
         )  # fmt: skip
     prometheus = Prometheus(f"http://127.0.0.1:{port}", process, log_path)
     try:
-        poll("prometheus /-/ready", lambda: _ready(prometheus), timeout=60)
+        wait_for(lambda: _ready(prometheus), "prometheus /-/ready", timeout=60)
         yield prometheus
     finally:
         stop(process)

@@ -40,10 +40,9 @@ from monitoring_support import (
     MODEL_TARGET_LABELS,
     OPERATOR_TARGET_LABELS,
     Prometheus,
-    free_port,
-    poll,
     stop,
 )
+from testkit import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
@@ -88,7 +87,7 @@ def model_server(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             return None
 
     try:
-        poll("mnist-server /readyz", ready, timeout=180, interval=0.3)
+        wait_for(ready, "mnist-server /readyz", timeout=180, interval=0.3)
         yield url
     finally:
         stop(process)
@@ -264,8 +263,8 @@ def prometheus(
         return True if len(targets) == 3 and all(t["health"] == "up" for t in targets) else None
 
     try:
-        poll("prometheus /-/ready", ready, timeout=60)
-        poll("every scrape target up", all_targets_up, timeout=60)
+        wait_for(ready, "prometheus /-/ready", timeout=60)
+        wait_for(all_targets_up, "every scrape target up", timeout=60)
         yield handle
     finally:
         stop(process)

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-
-import pytest
 
 # How the Prometheus operator would label the model server's target (from the ServiceMonitor the
 # operator makes for MnistModel ml/mnist-demo) and the operator's target.
@@ -22,24 +17,6 @@ MODEL_TARGET_LABELS = {"namespace": "ml", "service": "mnist-demo", "pod": "mnist
 OPERATOR_TARGET_LABELS = {"namespace": "mnist-operator-system", "pod": "mnist-operator-6b7d9-q8f2m"}
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def poll(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.25) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from monitoring_support import MODEL_TARGET_LABELS, Prometheus, poll
+from monitoring_support import MODEL_TARGET_LABELS, Prometheus
+from testkit import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +53,9 @@ def finite_values(result: list[dict[str, Any]]) -> list[float]:
 @pytest.mark.parametrize("expr", panel_queries())
 def test_panel_query_returns_data(prometheus: Prometheus, traffic: dict[str, int], expr: str) -> None:
     assert "$" not in expr, "a dashboard variable was not substituted"
-    result = poll(
-        f"a non-empty, finite result for {expr}",
+    result = wait_for(
         lambda: finite_values(prometheus.query(expr)) or None,
+        f"a non-empty, finite result for {expr}",
         timeout=60,
         interval=0.5,
     )
@@ -70,14 +71,14 @@ def test_panels_show_what_happened(prometheus: Prometheus, traffic: dict[str, in
         return values[0] if values and values[0] > 0 else None
 
     inference = f'{selector}, endpoint=~"/predict|/v2/models/.+/infer|/v1/models/.+:predict"'
-    assert poll(
-        "prediction request rate",
+    assert wait_for(
         lambda: rate_of(f"sum(rate(mnist_server_requests_total{{{inference}}}[30s]))"),
+        "prediction request rate",
         60,
     )
-    assert poll(
-        "4xx from the bad requests",
+    assert wait_for(
         lambda: rate_of(f'sum(rate(mnist_server_requests_total{{{inference}, status_class="4xx"}}[30s]))'),
+        "4xx from the bad requests",
         60,
     )
     reasons = {
@@ -88,12 +89,12 @@ def test_panels_show_what_happened(prometheus: Prometheus, traffic: dict[str, in
     digits = prometheus.query(f"sum by (digit) (increase(mnist_server_predictions_total{{{selector}}}[5m]))")
     assert {s["metric"]["digit"] for s in digits} == {str(d) for d in range(10)}
     assert sum(float(s["value"][1]) for s in digits) > 0
-    p99 = poll(
-        "prediction p99",
+    p99 = wait_for(
         lambda: rate_of(
             "histogram_quantile(0.99, sum by (le) "
             f"(rate(mnist_server_request_duration_seconds_bucket{{{inference}}}[30s])))"
         ),
+        "prediction p99",
         60,
     )
     assert 0 < p99 < 10
@@ -114,7 +115,7 @@ def test_rules_load_evaluate_and_fire_as_expected(prometheus: Prometheus, traffi
         done = all(not r["lastEvaluation"].startswith("0001-") for r in rules)
         return rules if rules and done else None
 
-    rules = poll("every rule evaluated", evaluated, timeout=60)
+    rules = wait_for(evaluated, "every rule evaluated", timeout=60)
     shipped = yaml.safe_load((ROOT / "manifests" / "monitoring" / "prometheus-rule.yaml").read_text())
     assert len(rules) == sum(len(group["rules"]) for group in shipped["spec"]["groups"])
     assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules if r["health"] != "ok"] == []
@@ -126,6 +127,6 @@ def test_rules_load_evaluate_and_fire_as_expected(prometheus: Prometheus, traffi
         alerts = prometheus.api("alerts")["alerts"]
         return alerts if alerts else None
 
-    alerts = poll("an alert to go pending", pending, timeout=60)
+    alerts = wait_for(pending, "an alert to go pending", timeout=60)
     summary = [(a["labels"]["alertname"], a["labels"].get("deployment", ""), a["state"]) for a in alerts]
     assert summary == [("MnistModelNoReadyReplicas", "mnist-broken", "pending")]

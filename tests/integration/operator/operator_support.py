@@ -14,23 +14,18 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
-import testkit
 import yaml
+from testkit import free_port, wait_for
 
 from localcluster import OPERATOR_USER, REPO_ROOT, LocalCluster
 
 T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:
-    """testkit.wait_for with the longer default that operator round trips need."""
-    return testkit.wait_for(probe, what, timeout, interval)
 
 
 def mnist_model(name: str, **spec: Any) -> dict[str, Any]:
@@ -41,12 +36,6 @@ def mnist_model(name: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"modelVersion": "1", **spec},
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OperatorProcess:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from demo import service_account_kubeconfig, start_operator, wait_for
+from demo import service_account_kubeconfig, start_operator
+from testkit import wait_for
 
 from localcluster import REPO_ROOT, LocalCluster
 
@@ -121,7 +122,7 @@ def test_a_namespaced_operator_runs_on_its_roles_alone(
             )
             return body if ok else None
 
-        body = wait_for("MnistModel Ready with 2 replicas", ready, timeout=90)
+        body = wait_for(ready, "MnistModel Ready with 2 replicas", timeout=90)
         for resource in CHILDREN:
             child = get(cluster, resource, team, "digits")
             assert child is not None, f"no {resource}"
@@ -147,8 +148,8 @@ def test_a_namespaced_operator_runs_on_its_roles_alone(
             ),
         )
         wait_for(
-            "the optional children deleted",
             lambda: all(get(cluster, r, team, "digits") is None for r in OPTIONAL),
+            "the optional children deleted",
             timeout=60,
         )
         time.sleep(2)  # a reconcile of the other namespace would have happened by now
@@ -201,12 +202,12 @@ def test_the_built_in_roles_manage_or_read_mnistmodels(
         )
     # The clusterrole-aggregation controller copies our rules into the built-in roles.
     wait_for(
-        "admin, edit and view to aggregate the MnistModel rules",
         lambda: (
             can_i(cluster, "ada", "create", "mnistmodels.aidevsecops.dev", "-n", team)
             and can_i(cluster, "eve", "create", "mnistmodels.aidevsecops.dev", "-n", team)
             and can_i(cluster, "vic", "list", "mnistmodels.aidevsecops.dev", "-n", team)
         ),
+        "admin, edit and view to aggregate the MnistModel rules",
         timeout=30,
     )
     for user in ("ada", "eve"):

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from demo import DemoError, install_rbac, service_account_kubeconfig, start_operator, wait_for
+from demo import install_rbac, service_account_kubeconfig, start_operator
+from testkit import WaitTimeoutError, wait_for
 
 from localcluster import LocalCluster
 
@@ -129,7 +130,7 @@ def test_operator_runs_with_only_the_shipped_rbac(  # noqa: PLR0917 (pytest fixt
         operator = start_operator(account.kubeconfig, tmp_path / "operator.log")
         try:
             cluster.kubectl("apply", "-n", apps, "-f", "-", input=json.dumps(MODEL))
-            body = wait_for("MnistModel Ready", ready_for_generation(cluster, apps), timeout=90)
+            body = wait_for(ready_for_generation(cluster, apps), "MnistModel Ready", timeout=90)
             assert body["status"]["readyReplicas"] == 1
             for resource in ("deployment", "service", EXPOSURE[exposure], "servicemonitor", "hpa"):
                 child = get(cluster, resource, apps, "digits")
@@ -160,8 +161,8 @@ def test_operator_runs_with_only_the_shipped_rbac(  # noqa: PLR0917 (pytest fixt
                 return ready_for_generation(cluster, apps)() if gone else None
 
             try:
-                body = wait_for("optional children deleted, Ready again", optional_children_gone, timeout=90)
-            except DemoError as exc:
+                body = wait_for(optional_children_gone, "optional children deleted, Ready again", timeout=90)
+            except WaitTimeoutError as exc:
                 left = {
                     r: get(cluster, r, apps, "digits") is not None
                     for r in (EXPOSURE[exposure], "servicemonitor", "hpa")
@@ -193,7 +194,7 @@ def test_operator_runs_with_only_the_shipped_rbac(  # noqa: PLR0917 (pytest fixt
             events if {EXPOSURE[exposure], "servicemonitors", "horizontalpodautoscalers"} <= deleted else None
         )
 
-    writes = wait_for("the audit log of the operator's writes", child_writes, timeout=30)
+    writes = wait_for(child_writes, "the audit log of the operator's writes", timeout=30)
     assert {e["user"]["username"] for e in writes} == {account.user}
     assert {e["objectRef"]["resource"] for e in writes} == {
         "deployments",
