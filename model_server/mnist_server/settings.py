@@ -51,7 +51,10 @@ class Settings:
     # 0: the available CPUs shared out between the workers (at least one thread each).
     inference_threads: int = 0
     # Requests per worker being decoded, waiting for the model or in it; more get a 503 at once.
-    max_inflight: int = 128
+    # A refusal waits behind the admitted requests' work on the event loop: 16-32 kept refusals
+    # around 10-20 ms under a flood on two cores, 128 about 40 ms; 64 leaves 32 closed-loop
+    # clients room (docs/server.md).
+    max_inflight: int = 64
     # Seconds a request body may take to arrive (408 after), and an idle keep-alive connection
     # (or a client sending its headers) may stay open.
     body_timeout: int = 15
