@@ -38,7 +38,6 @@ def test_children_deleted_during_a_watch_gap_come_back_within_one_resync(
         op_kube.wait_ready(name)
     service_uid = op_kube.get("service", "kept")["metadata"]["uid"]  # type: ignore[index]
     deployment_uid = op_kube.get("deployment", "kept")["metadata"]["uid"]  # type: ignore[index]
-    ready_since = op_kube.conditions("kept")["Ready"]["lastTransitionTime"]
 
     cluster.kill("kube-apiserver")
     remove_from_etcd(
@@ -48,7 +47,7 @@ def test_children_deleted_during_a_watch_gap_come_back_within_one_resync(
         f"/registry/aidevsecops.dev/mnistmodels/{ns}/doomed",
     )
     compact_etcd(cluster)
-    time.sleep(1)  # the Ready transition below must be later than this, at 1 s resolution
+    time.sleep(1)  # the API server stays down for a moment, as in a real outage
     cluster.restart("kube-apiserver")
     restarted = datetime.now(UTC)
 
@@ -57,10 +56,10 @@ def test_children_deleted_during_a_watch_gap_come_back_within_one_resync(
     deployment = op_kube.wait_exists("deployment", "kept", timeout=10)
     assert service["metadata"]["uid"] != service_uid
     assert deployment["metadata"]["uid"] != deployment_uid
-    model = op_kube.wait_ready("kept", timeout=60)
-    # Ready did not stay True throughout: status said the Deployment was gone, then came back.
-    ready = next(c for c in model["status"]["conditions"] if c["type"] == "Ready")
-    assert ready["lastTransitionTime"] > ready_since
+    # And status tells the truth again. (Whether Ready was seen False in between depends on
+    # whether the relist's reconcile recreated the children before it wrote the status, or the
+    # flip and the recovery fell in the same second: neither is asserted.)
+    op_kube.wait_ready("kept", timeout=60)
 
     # The model deleted behind the API server's back: its children are left to the garbage
     # collector, never applied again by the operator, through two more resyncs.
