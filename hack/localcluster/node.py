@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localcluster.errors import ClusterError
+from localcluster.process import component_alive
 
 NODE_NAME = "real-node-0"
 LABEL = ("type", "real")
@@ -57,6 +58,8 @@ CONTAINERD_ROOT = (
 )
 CNI_BIN_DIR = Path("/usr/lib/cni")
 SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")
+# A claim whose containerd has not started yet still holds the host this long.
+CLAIM_GRACE_SECONDS = 300
 
 HOST_TOOLS = (
     "containerd",
@@ -115,8 +118,16 @@ def host_owner() -> dict[str, object] | None:
 
 
 def _owner_alive(owner: dict[str, object]) -> bool:
+    """The owning cluster's containerd still runs; or it is still starting (no pid yet): a claim
+    younger than the start-up deadline counts."""
     pid = owner.get("pid")
-    return isinstance(pid, int) and Path(f"/proc/{pid}").exists() and _cmdline(pid).startswith("containerd")
+    if isinstance(pid, int):
+        # By argv[0]'s name, as the supervisor checks: containerd runs as /usr/bin/containerd.
+        return component_alive(pid, "containerd")
+    try:
+        return time.time() - HOST_LOCK.stat().st_mtime < CLAIM_GRACE_SECONDS
+    except FileNotFoundError:
+        return False
 
 
 def _cmdline(pid: int) -> str:

@@ -85,6 +85,9 @@ def test_a_killed_parent_leaves_nothing_of_the_node_behind_and_up_works_again(tm
     try:
         assert again.real_node and again.api.node_ready(node.NODE_NAME)
         assert all(h.ok for h in again.health()), again.health()
+        # While it runs, no other cluster may take the host's node (it would tear this one's
+        # bridge and rules down): a second one runs kwok-only and says why.
+        assert "already runs the real node" in (node.unsupported_reason() or ""), node.host_owner()
     finally:
         again.stop()
     assert node.leftovers(*CIDRS) == []
