@@ -64,7 +64,13 @@ def test_children_deleted_during_a_watch_gap_come_back_within_one_resync(
     # The model deleted behind the API server's back: its children are left to the garbage
     # collector, never applied again by the operator, through two more resyncs.
     time.sleep(2 * RESYNC + 2)
-    doomed_writes = [e for e in op_kube.operator_writes(restarted) if e["objectRef"].get("name") == "doomed"]
+    # Nothing of it is written back (a failed attempt, such as a status patch answered 404,
+    # resurrects nothing; the operator's retries of those are a known waste, see issue 12).
+    doomed_writes = [
+        e
+        for e in op_kube.operator_writes(restarted)
+        if e["objectRef"].get("name") == "doomed" and int(e.get("responseStatus", {}).get("code", 0)) < 400
+    ]
     assert doomed_writes == []
     assert operator.metric("mnist_operator_cache_purged_total", 'kind="Service"') >= 1
     assert operator.metric("mnist_operator_cache_purged_total", 'kind="MnistModel"') == 1
