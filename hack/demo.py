@@ -293,7 +293,6 @@ def ascii_digit(image: Any) -> str:
 
 
 def serve_and_predict(models: Path, version: str, state: Path, digit_index: int, say: Narrator) -> None:
-    from mnist_server.data import load_mnist
 
     port = free_port()
     log_path = state / "server.log"
@@ -324,21 +323,7 @@ def serve_and_predict(models: Path, version: str, state: Path, digit_index: int,
             return http_get(url + "/readyz")[0] == 200
 
         wait_for(ready, "mnist-server /readyz", timeout=180, interval=0.5)
-        test = load_mnist().test
-        index = digit_index % len(test)
-        image, label = test.images[index], int(test.labels[index])
-        say.say(f"MNIST test image #{index} (true label {label}):\n{ascii_digit(image)}")
-        request = urllib.request.Request(
-            url + "/predict",
-            data=json.dumps({"inputs": image.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
-        say.say(f"$ curl -X POST {url}/predict -d '{{\"inputs\": <28x28 floats>}}'\n{json.dumps(answer)}")
-        verdict = "correct" if answer["prediction"] == label else f"wrong (the label is {label})"
-        say.say(f"prediction {answer['prediction']} with probability {answer['probability']:.3f}: {verdict}")
+        classify_a_test_digit(url, digit_index, say)
     finally:
         stop_process(server)
 
@@ -396,11 +381,11 @@ def on_real_node(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "spec": spec}
 
 
-def predict_through_service(cluster: LocalCluster, name: str, digit_index: int, say: Narrator) -> None:
+def classify_a_test_digit(url: str, digit_index: int, say: Narrator, where: str = "") -> None:
+    """Send a real MNIST test digit (one no model here trained on) to `url`/predict and say
+    what came back and whether it is right."""
     from mnist_server.data import load_mnist
 
-    service = json.loads(cluster.kubectl("get", "service", name, "-n", DEMO_NAMESPACE, "-o", "json").stdout)
-    url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
     test = load_mnist().test
     index = digit_index % len(test)
     image, label = test.images[index], int(test.labels[index])
@@ -413,10 +398,16 @@ def predict_through_service(cluster: LocalCluster, name: str, digit_index: int, 
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.loads(response.read())
-    say.say(f"$ curl -X POST {url}/predict -d '{{\"inputs\": <28x28 floats>}}'   # the Service's ClusterIP\n"
-            f"{json.dumps(answer)}")  # fmt: skip
+    say.say(f"$ curl -X POST {url}/predict -d '{{\"inputs\": <28x28 floats>}}'{where}\n{json.dumps(answer)}")
     verdict = "correct" if answer["prediction"] == label else f"wrong (the label is {label})"
     say.say(f"prediction {answer['prediction']} with probability {answer['probability']:.3f}: {verdict}")
+
+
+def predict_through_service(cluster: LocalCluster, name: str, digit_index: int, say: Narrator) -> None:
+
+    service = json.loads(cluster.kubectl("get", "service", name, "-n", DEMO_NAMESPACE, "-o", "json").stdout)
+    url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+    classify_a_test_digit(url, digit_index, say, where="   # the Service's ClusterIP")
     pods = json.loads(
         cluster.kubectl(
             "get", "pods", "-n", DEMO_NAMESPACE, "-l", f"app.kubernetes.io/instance={name}", "-o", "json"

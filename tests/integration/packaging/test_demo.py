@@ -42,7 +42,10 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     out = done.stdout
     assert done.returncode == 0, f"{out[-6000:]}\n{done.stderr[-4000:]}"
     steps = re.findall(r"^== (\d+)\. ", out, re.MULTILINE)
-    assert steps == [str(n) for n in range(1, 8)], out
+    # With the host's real node (free when this test runs alone) the operator runs in-cluster
+    # and a pod answers; without it (the session's cluster holds the node) a local process does.
+    on_real_node = "no real node" not in out
+    assert steps == [str(n) for n in range(1, 7 if on_real_node else 8)], out
     assert "$ mnist-train" in out and (models / "mnist" / "1").is_dir()  # trained: nothing was there
     assert re.search(r"^\s+Ready\s+True\s+Serving\s", out, re.MULTILINE), out
     assert "mnistmodel.aidevsecops.dev/mnist-minimal" in out
@@ -50,7 +53,10 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     assert answer is not None, out
     assert 0 <= int(answer.group(1)) <= 9 and 0 < float(answer.group(2)) <= 1
     assert re.search(r"prediction \d with probability [0-9.]+: (correct|wrong)", out)
-    assert 'mnist_operator_reconciles_total{result="success"}' in out
+    if on_real_node:
+        assert re.search(r"answered by pod mnist-minimal-\S+ \(\S+\) on node real-node-0", out), out
+    else:
+        assert 'mnist_operator_reconciles_total{result="success"}' in out
     assert "Demo finished" in out
     # Torn down: no cluster state left, and no process of the demo's still running.
     assert not (state / "cluster").exists()
