@@ -309,6 +309,10 @@ class Reconciler:
         meta = body["metadata"]
         updated = await self.client.patch_status(meta["namespace"], meta["name"], patch)
         if updated is None:
+            # Gone (404): deleted meanwhile, or while a watch was down, so that the cache still
+            # holds it. Hidden until the watch or the next relist says so; otherwise every event
+            # of its children and pods would reconcile it, and write its status, again.
+            self.cache.forget(api.KIND, meta["namespace"], meta["name"])
             return
         self.cache.remember(updated)
         events = transition_events(current.get("conditions") or [], status.get("conditions") or [])

@@ -30,7 +30,7 @@ from mnist_operator import api, policy, relist
 from mnist_operator.cache import Cache, owner_key, pod_projection, snapshot
 from mnist_operator.controller import Reconciler
 from mnist_operator.kube import ApiError, Discovery, KubeClient, default_login
-from mnist_operator.leader import Elector, Timing, process_identity
+from mnist_operator.leader import ElectionThread, Elector, Timing, process_identity
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.workqueue import WorkQueue
@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 WATCHED_CHILDREN = (*api.CHILD_KINDS, api.POD)
 OPTIONAL_CRDS = {f"{k.plural}.{k.group}" for k in api.OPTIONAL_KINDS}
 OPTIONAL_API_RECHECK_DELAYS = (0.0, 2.0, 10.0)  # seconds after a Route/ServiceMonitor CRD event
+# After kopf lists again (a watch gap), wait this long for it to list every kind before relisting.
+RELIST_AFTER_GAP_DELAY = 2.0
 EXPOSURE_KINDS = (api.INGRESS, api.ROUTE)
 
 
@@ -123,15 +125,22 @@ class Operator:
                     settings.renew_deadline_seconds,
                     settings.retry_period_seconds,
                 ),
-                on_started_leading=self._lead,
-                on_stopped_leading=self._stand_by,
+                on_started_leading=self._elected,
+                on_stopped_leading=self._deposed,
             )
             self.client.write_gate = self.elector.write_budget
         self.leading = self.elector is None
-        self._election: asyncio.Task[None] | None = None
+        self._election: ElectionThread | None = None
+        self._loop: (
+            asyncio.AbstractEventLoop
+        )  # the operator's, once started: the elector's callbacks run there
         # kopf runs event handlers only once every index is loaded: the first one says so, and
         # until then a reconcile could mistake "not listed yet" for "missing".
         self.synced = False
+        self._stopping = False
+        self._gap_relist: asyncio.TimerHandle | None = None  # pending, or running, until it ends
+        self._gap_relist_task: asyncio.Task[None] | None = None
+        self._relisting = asyncio.Lock()  # one relist at a time (the resync's, a watch gap's)
 
     async def start(self, indices: Mapping[str, Any]) -> None:
         self.cache.attach(api.KIND, indices[index_id(api.MNISTMODEL)])
@@ -146,23 +155,37 @@ class Operator:
             self._lead()
         else:
             self.metrics.leader.set(0)
-            self._election = asyncio.create_task(self.elector.run(), name="leader-election")
+            self._loop = asyncio.get_running_loop()
+            # On a thread of its own, so that a busy event loop never delays a renewal.
+            self._election = ElectionThread(self.elector)
+            self._election.start()
 
     async def stop(self) -> None:
+        self._stopping = True  # an election won from now on must not start the queue again
         for handle in self._rechecks:
             handle.cancel()
         self._rechecks.clear()
-        for task in (self._resync, self._election):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._gap_relist is not None:
+            self._gap_relist.cancel()
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
         await self.queue.stop()
-        if self.elector is not None:
-            await self.elector.release()  # nothing writes any more: a standby may take over now
+        if self._election is not None:
+            await self._election.stop()  # nothing writes any more: it releases the Lease
         await self.client.close()
 
+    # The elector's callbacks, called on its thread: the work happens on the operator's loop.
+    def _elected(self) -> None:
+        self._loop.call_soon_threadsafe(self._lead)
+
+    async def _deposed(self) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._stand_by(), self._loop))
+
     def _lead(self) -> None:
+        if self._stopping:
+            return
         self.leading = True
         self.metrics.leader.set(1)
         self.queue.start()
@@ -174,10 +197,30 @@ class Operator:
         await self.queue.stop()
         self.queue.clear()  # the new leader reconciles everything; a standby must not look stalled
 
-    def event_seen(self) -> None:
+    def event_seen(self, type: str | None) -> None:
+        """Every event handler calls this first. kopf runs them only once every index is loaded, so
+        the first event says the caches are complete. An event of a listing (no type) after that
+        says kopf listed again after a watch gap (410 Gone): what it did not list is still cached,
+        so relist soon rather than at the next resync (once more at start-up, which costs a few
+        LISTs)."""
         if not self.synced:
             self.synced = True
             self.enqueue_all()
+        elif type is None and self._gap_relist is None and not self._stopping:
+            self._gap_relist = asyncio.get_running_loop().call_later(
+                RELIST_AFTER_GAP_DELAY, self._start_relist_after_gap
+            )
+
+    def _start_relist_after_gap(self) -> None:
+        self._gap_relist_task = asyncio.create_task(self._relist_after_gap(), name="relist-after-gap")
+
+    async def _relist_after_gap(self) -> None:
+        try:
+            await self.relist()
+        except Exception:  # a bug: logged; the resync's relist comes anyway
+            logger.exception("the relist failed")
+        finally:
+            self._gap_relist = None
 
     def enqueue(self, key: tuple[str, str]) -> None:
         if self.leading:
@@ -201,6 +244,10 @@ class Operator:
 
     async def relist(self) -> None:
         """Forget what was deleted while a watch was down, and reconcile the models concerned."""
+        async with self._relisting:
+            await self._relist()
+
+    async def _relist(self) -> None:
         for kind in [api.KINDS_BY_KIND[k] for k in self.cache.kinds()]:
             try:
                 listing = await relist.list_objects(self.client, kind, self.settings.namespaces)
@@ -293,7 +340,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     # work queue (asyncio.Queue, timers) must only be touched from the event loop's thread.
     @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="event_mnistmodel", registry=registry)
     async def model_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
-        op.event_seen()
+        op.event_seen(type)
         key = (namespace or "", name)
         if type == "DELETED":
             op.model_gone(key)
@@ -320,8 +367,8 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     @kopf.on.event(
         api.POD.group, api.POD.version, api.POD.plural, id="event_pod", labels=managed, registry=registry
     )
-    async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-        op.event_seen()
+    async def pod_event(type: str, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        op.event_seen(type)
         instance = labels.get(api.LABEL_INSTANCE)
         op.enqueue_owner((namespace or "", instance) if instance else None)
 
@@ -339,7 +386,7 @@ def _register_optional_crds(registry: kopf.OperatorRegistry, op: Operator) -> No
         when=lambda name, **_: name in OPTIONAL_CRDS,
     )
     async def optional_api_changed(name: str, type: str, **_: Any) -> None:
-        op.event_seen()
+        op.event_seen(type)
         if not type:
             return  # the initial listing (kopf passes None): discovery is fresh anyway
         logger.info("CRD %s changed (%s): re-checking the optional APIs", name, type)
@@ -356,7 +403,7 @@ def _register_child(
         return {key: snapshot(body, keep_managed_fields=keep_managed_fields)} if key else {}
 
     async def child_event(type: str, body: kopf.Body, **_: Any) -> None:
-        op.event_seen()
+        op.event_seen(type)
         if type == "DELETED":
             op.cache.observe_deletion(body)
         op.enqueue_owner(owner_key(body))

@@ -19,6 +19,10 @@ server queues (API Priority and Fairness) can land after a new leader started. A
 between that check and the send (a few microseconds of work) is the one case left unfenced, as
 with client-go.
 
+The election runs on a thread of its own, with its own event loop and connections
+(`ElectionThread`): an operator busy with a thousand models still renews on time, so "cannot
+renew" means the API server cannot be reached, never that the operator is busy.
+
 A leader that stops gracefully releases the Lease (an empty holder), so a standby takes over
 within one `retry_period`. Losing the Lease is not fatal (client-go's callers exit): the replica
 becomes a standby again, with its caches, and campaigns like the others.
@@ -31,6 +35,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -324,3 +329,42 @@ class Elector:
             logger.warning("leader election: could not release the Lease: %s", exc)
         finally:
             await self._client.close()
+
+
+class ElectionThread:
+    """Runs an Elector on a thread of its own, with its own event loop and connections.
+
+    The operator's loop can be busy for seconds with a burst of watch events; a renewal that had
+    to wait for it could miss the renew deadline, and a busy leader would keep losing the Lease.
+    The elector's callbacks are called on this thread: they must hand over to the operator's loop.
+    """
+
+    def __init__(self, elector: Elector) -> None:
+        self.elector = elector
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(),), name="leader-election", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+
+    async def stop(self) -> None:
+        """Stop campaigning and release the Lease: call once nothing writes any more."""
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        await asyncio.to_thread(self._thread.join)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self.elector.run())
+        self._ready.set()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await self.elector.release()

@@ -5,8 +5,9 @@ version (410 Gone), while an object is deleted. kopf then lists again and re-ind
 finds, but never forgets what it does not find, so a deleted child would stay in the cache for
 good: never recreated, and status built from a Deployment that is gone. client-go's reflector
 replaces its whole store on a relist; this is the equivalent for kopf's indexes, run on every
-resync: one LIST per watched resource (metadata only, in pages, with the watch's label selector),
-and `Cache.purge` of whatever the listing proves gone.
+resync and soon after kopf lists again (handlers.Operator.event_seen): one LIST per watched
+resource (metadata only, in pages, with the watch's label selector), and `Cache.purge` of
+whatever the listing proves gone.
 """
 
 from __future__ import annotations

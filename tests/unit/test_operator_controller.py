@@ -59,7 +59,9 @@ class FakeClient:
         self, namespace: str, name: str, status: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         self.writes.append(("patch-status", api.KIND, ""))
-        body = self.objects[(api.KIND, namespace, name)]
+        body = self.objects.get((api.KIND, namespace, name))
+        if body is None:
+            return None  # 404, as KubeClient.patch_status answers it
         body["status"] = {k: v for k, v in status.items() if v is not None}
         body["metadata"]["resourceVersion"] = str(next(self._rv))
         return copy.deepcopy(body)
@@ -419,3 +421,20 @@ async def test_a_host_another_namespace_holds_is_refused_until_it_is_free(world:
     await reconcile(("ml", "digits"))
     assert ("Ingress", "ml", "digits") in client.objects
     assert reconcile.waiting_for_host == {}
+
+
+async def test_a_model_found_gone_when_its_status_is_written_is_left_alone(world: Any) -> None:
+    """Deleted while a watch was down, a model stays in the watch cache (until the relist): the
+    404 of its status patch hides it, so its children's and pods' events do not reconcile it again."""
+    client, cache, indexes, reconciler = world
+    key = ("ml", "digits")
+    create(client, indexes, {"modelVersion": "1"})
+    await reconciler(key)
+    complete_rollout(client, indexes)  # the status would change now: Ready
+    del client.objects[(api.KIND, *key)]  # behind the watch's back: the index still holds it
+    writes = len(client.writes)
+    await reconciler(key)
+    assert client.writes[writes:] == [("patch-status", api.KIND, "")]  # answered 404
+    assert cache.model(*key) is None
+    await reconciler(key)
+    assert len(client.writes) == writes + 1

@@ -4,8 +4,10 @@ concurrency; the write gate against kmock's HTTP server; a standby that reconcil
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
+import threading
 from typing import Any
 
 import kopf
@@ -16,7 +18,15 @@ from prometheus_client import CollectorRegistry
 from mnist_operator import api
 from mnist_operator.handlers import Operator
 from mnist_operator.kube import ApiError, KubeClient
-from mnist_operator.leader import Elector, LeaseRecord, NotLeader, Timing, lease_body, may_take
+from mnist_operator.leader import (
+    ElectionThread,
+    Elector,
+    LeaseRecord,
+    NotLeader,
+    Timing,
+    lease_body,
+    may_take,
+)
 from mnist_operator.metrics import Metrics
 from mnist_operator.settings import OperatorSettings, SettingsError
 from mnist_operator.workqueue import StopRetrying, WorkQueue
@@ -200,6 +210,37 @@ async def _append(events: list[str], event: str) -> None:
     events.append(event)
 
 
+@pytest.mark.asyncio
+async def test_the_election_runs_on_a_thread_of_its_own_and_releases_the_lease_on_stop() -> None:
+    """A busy operator loop must not delay renewals: the elector has its own thread and loop."""
+    server = LeaseServer()
+    loop = asyncio.get_running_loop()
+    won = asyncio.Event()
+    threads: list[str] = []
+
+    def on_started() -> None:
+        threads.append(threading.current_thread().name)
+        loop.call_soon_threadsafe(won.set)
+
+    async def on_stopped() -> None:
+        pass
+
+    elector = Elector(
+        "ns",
+        "a",
+        TIMING,
+        on_started_leading=on_started,
+        on_stopped_leading=on_stopped,
+        client=server.client(),
+    )
+    election = ElectionThread(elector)
+    election.start()
+    await asyncio.wait_for(won.wait(), 5)
+    assert threads == ["leader-election"] and server.holder == "a" and elector.leading
+    await election.stop()
+    assert server.holder is None and not elector.leading
+
+
 def test_lease_timing_is_checked_as_client_go_checks_it() -> None:
     OperatorSettings(lease_duration_seconds=15, renew_deadline_seconds=10, retry_period_seconds=2)
     for duration, deadline, retry in ((10, 10, 2), (15, 10, 9), (5, 10, 2)):
@@ -251,7 +292,7 @@ async def test_a_standby_queues_nothing_and_the_new_leader_reconciles_every_mode
     models = {("ns", "a"): [{"metadata": {"name": "a"}}], ("ns", "b"): [{"metadata": {"name": "b"}}]}
     op.cache.attach(api.KIND, models)
     assert not op.leading
-    op.event_seen()  # the caches are complete
+    op.event_seen("ADDED")  # the caches are complete
     op.enqueue(("ns", "a"))
     op.enqueue_owner(("ns", "b"))
     assert len(op.queue) == 0 and op.queue.stall() is None

@@ -3,6 +3,7 @@ and the models concerned are reconciled (the listing against kmock's HTTP server
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
@@ -165,3 +166,30 @@ async def test_a_relist_reconciles_the_owner_of_a_ghost_and_forgets_a_ghost_mode
     assert len(op.queue) == 1  # a, whose Service comes back
     assert op.metrics.cache_purged.labels(kind="Service")._value.get() == 1
     assert op.metrics.cache_purged.labels(kind=api.KIND)._value.get() == 1
+
+
+@pytest.mark.asyncio
+async def test_a_listing_by_kopf_after_start_up_means_a_watch_gap_and_a_relist_soon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf lists again after 410 Gone (events without a type): what it did not list is a ghost,
+    so the operator relists within seconds, once however many listed objects there are."""
+    from mnist_operator import handlers
+
+    monkeypatch.setattr(handlers, "RELIST_AFTER_GAP_DELAY", 0.01)
+    op = Operator(OperatorSettings(leader_election=False), Metrics.create(CollectorRegistry()))
+    relists = 0
+
+    async def relist() -> None:
+        nonlocal relists
+        relists += 1
+
+    op.relist = relist  # type: ignore[method-assign]
+    op.event_seen("ADDED")  # the first event: the caches are complete
+    for _ in range(3):
+        op.event_seen(None)
+    await asyncio.sleep(0.1)
+    op.event_seen("MODIFIED")  # a watch event proves nothing
+    await asyncio.sleep(0.1)
+    assert relists == 1
+    await op.client.close()

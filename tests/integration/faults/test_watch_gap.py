@@ -6,6 +6,7 @@ model's children are not resurrected."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 from operator_support import Kube, StartOperator, mnist_model
@@ -48,8 +49,8 @@ def test_children_deleted_during_a_watch_gap_come_back_within_one_resync(
     )
     compact_etcd(cluster)
     time.sleep(1)  # the API server stays down for a moment, as in a real outage
+    restarted = datetime.now(UTC)  # before: the operator may be done before restart() returns
     cluster.restart("kube-apiserver")
-    restarted = datetime.now(UTC)
 
     # Within one resync period (plus the reconcile): both children again, new objects.
     service = op_kube.wait_exists("service", "kept", timeout=RESYNC + 20)
@@ -64,18 +65,21 @@ def test_children_deleted_during_a_watch_gap_come_back_within_one_resync(
     # The model deleted behind the API server's back: its children are left to the garbage
     # collector, never applied again by the operator, through two more resyncs.
     time.sleep(2 * RESYNC + 2)
-    # Nothing of it is written back (a failed attempt, such as a status patch answered 404,
-    # resurrects nothing; the operator's retries of those are a known waste, see issue 12).
-    doomed_writes = [
-        e
-        for e in op_kube.operator_writes(restarted)
-        if e["objectRef"].get("name") == "doomed" and int(e.get("responseStatus", {}).get("code", 0)) < 400
-    ]
-    assert doomed_writes == []
+    # Nothing of it is written back, and hardly tried: the operator relists 2 s after kopf lists
+    # again, and a status patch answered 404 hides the model at once (before both, a cold CI run
+    # saw 101 such attempts, one per event of its children and pods).
+    doomed = [e for e in op_kube.operator_writes(restarted) if e["objectRef"].get("name") == "doomed"]
+    assert [e for e in doomed if int(e.get("responseStatus", {}).get("code", 0)) < 400] == []
+    assert len(doomed) <= 2, [(e["verb"], e["objectRef"], e["responseStatus"]["code"]) for e in doomed]
     assert operator.metric("mnist_operator_cache_purged_total", 'kind="Service"') >= 1
     assert operator.metric("mnist_operator_cache_purged_total", 'kind="MnistModel"') == 1
-    # Writes stayed bounded: the two children, the status (not Ready, then Ready), and nothing
-    # for the unchanged model of the two resyncs.
-    writes = op_kube.operator_writes(restarted)
-    assert len(writes) <= 8, [(e["verb"], e["objectRef"]) for e in writes]
+    # Writes stayed bounded: each child once, the status once per state of the new rollout (the
+    # old ReplicaSet's pods going, the new one's coming: up to ten), and nothing for the unchanged
+    # model during the two resyncs.
+    done = [e for e in op_kube.operator_writes(restarted) if e["responseStatus"]["code"] < 400]
+    assert Counter(e["objectRef"]["resource"] for e in done if not e["objectRef"].get("subresource")) == {
+        "deployments": 1,
+        "services": 1,
+    }
+    assert len(done) <= 12
     assert operator.alive()

@@ -19,7 +19,9 @@ from typing import Any
 from operator_support import Kube, OperatorProcess, StartOperator, mnist_model, wait_for
 
 LEASE_DURATION, RETRY_PERIOD = 15.0, 2.0
-FAILOVER_BOUND = LEASE_DURATION + 1.2 * RETRY_PERIOD + 1.0  # + one round trip and the poll
+# The standby sees the last renewal up to one (jittered) retry period late, and tries again up to
+# one after the Lease expired in its eyes; plus a round trip.
+FAILOVER_BOUND = LEASE_DURATION + 2 * 1.2 * RETRY_PERIOD + 1.0
 
 
 def holder(kube: Kube) -> str | None:
