@@ -74,6 +74,10 @@ def configure_kopf(settings: kopf.OperatorSettings, *, namespaced: bool = False)
     """
     settings.posting.enabled = False  # our own Events, on transitions only; no "Handler succeeded"
     settings.scanning.disabled = namespaced
+    # kopf keeps a worker per object for this long after its last watch event, holding that event
+    # (a whole object with its managedFields): with 5 s, the default, a burst of a thousand models
+    # held some thousands of them at once.
+    settings.queueing.idle_timeout = 1.0
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     for kind in WATCHED_CHILDREN:
@@ -396,11 +400,11 @@ def _register_optional_crds(registry: kopf.OperatorRegistry, op: Operator) -> No
 def _register_child(
     registry: kopf.OperatorRegistry, op: Operator, kind: api.ResourceKind, managed: dict[str, str]
 ) -> None:
-    keep_managed_fields = kind == api.DEPLOYMENT  # read by the HPA hand-over
+    keep_replicas_owners = kind == api.DEPLOYMENT  # read by the HPA hand-over
 
     def index_child(body: kopf.Body, **_: Any) -> dict[Any, Any]:
         key = owner_key(body)
-        return {key: snapshot(body, keep_managed_fields=keep_managed_fields)} if key else {}
+        return {key: snapshot(body, keep_replicas_owners=keep_replicas_owners)} if key else {}
 
     async def child_event(type: str, body: kopf.Body, **_: Any) -> None:
         op.event_seen(type)
