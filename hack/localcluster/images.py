@@ -51,9 +51,9 @@ BASE_RECIPE = "2"
 _TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/lib/apt/lists",
          "var/cache/apt", "var/cache/debconf/templates.dat-old", "var/log")  # fmt: skip
 
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # buildah in a root shell on these machines: RLIMIT_NOFILE above what the kernel lets a
 # container set makes runc fail ("error setting rlimit type 7").
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
 
 

@@ -10,22 +10,17 @@ the Prometheus operator generates for a ServiceMonitor."""
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
 import math
-import shutil
-import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from integration.monitoring.monitoring_support import Prometheus, stop
+from integration.monitoring.monitoring_support import running_prometheus
 from realnode.realnode_support import (
     Digits,
     OperatorInstall,
@@ -36,13 +31,12 @@ from realnode.realnode_support import (
     predict,
     wait_condition,
 )
-from testkit import free_port, wait_for
+from testkit import wait_for
 
 from localcluster import REPO_ROOT, LocalCluster
 
 pytestmark = pytest.mark.slow
 
-PROMETHEUS = shutil.which("prometheus")
 DASHBOARD = json.loads((REPO_ROOT / "manifests" / "monitoring" / "mnist-dashboard.json").read_text())
 
 
@@ -163,15 +157,15 @@ def test_prometheus_scrapes_the_real_pods_and_the_dashboard_shows_them(
     rn_digits: Digits,
     tmp_path: Path,
 ) -> None:
-    if PROMETHEUS is None:
-        pytest.skip("prometheus is not installed (bash .ci/run installs it)")
     apply(rn_cluster, rn_namespace, mnist_model("digits", "1", replicas=2))
     wait_condition(rn_cluster, rn_namespace, "digits", "True", timeout=180)
 
-    with (
-        EndpointsDiscovery(rn_cluster, rn_namespace) as discovery,
-        running_prometheus(discovery, tmp_path) as prometheus,
-    ):
+    discovery = EndpointsDiscovery(rn_cluster, rn_namespace)
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [scrape_config(discovery)],
+    }
+    with discovery, running_prometheus(config, tmp_path) as prometheus:
 
         def both_pods_up() -> list[dict[str, Any]] | None:
             targets = [t for t in prometheus.api("targets")["activeTargets"] if t["health"] == "up"]
@@ -195,40 +189,6 @@ def test_prometheus_scrapes_the_real_pods_and_the_dashboard_shows_them(
                     interval=0.5,
                 )
                 assert values, title
-
-
-@contextlib.contextmanager
-def running_prometheus(discovery: EndpointsDiscovery, work: Path) -> Iterator[Prometheus]:
-    assert PROMETHEUS is not None
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [scrape_config(discovery)],
-    }
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    log_path = work / "prometheus.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={work / 'prometheus.yml'}",
-             f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=work,
-        )  # fmt: skip
-    prometheus = Prometheus(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        wait_for(lambda: _ready(prometheus), "prometheus /-/ready", timeout=60)
-        yield prometheus
-    finally:
-        stop(process)
-
-
-def _ready(prometheus: Prometheus) -> bool | None:
-    if prometheus.process.poll() is not None:
-        pytest.fail(f"prometheus exited:\n{prometheus.log_path.read_text()[-3000:]}")
-    try:
-        with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=2) as response:
-            return True if response.status == 200 else None
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def _bad_request(host: str) -> None:

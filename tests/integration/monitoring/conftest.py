@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ from monitoring_support import (
     MODEL_TARGET_LABELS,
     OPERATOR_TARGET_LABELS,
     Prometheus,
+    running_prometheus,
     stop,
 )
 from testkit import free_port, wait_for
@@ -47,7 +45,6 @@ from testkit import free_port, wait_for
 ROOT = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 RULE_FILE = ROOT / "manifests" / "monitoring" / "prometheus-rule.yaml"
-PROMETHEUS = shutil.which("prometheus")
 SERVER_SCRIPT = Path(sys.executable).parent / "mnist-server"
 
 
@@ -206,8 +203,6 @@ def prometheus(
     operator_metrics: str,
     kube_state_metrics: str,
 ) -> Iterator[Prometheus]:
-    if PROMETHEUS is None:
-        pytest.skip("prometheus is not installed (bash .ci/run installs it)")
     work = tmp_path_factory.mktemp("prometheus")
     rules = yaml.safe_load(RULE_FILE.read_text())["spec"]
     (work / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
@@ -232,39 +227,11 @@ def prometheus(
             },
         ],
     }
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    log_path = work / "prometheus.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={work / 'prometheus.yml'}",
-                f"--storage.tsdb.path={work / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=work,
-        )
-    handle = Prometheus(f"http://127.0.0.1:{port}", process, log_path)
-
-    def ready() -> bool | None:
-        if process.poll() is not None:
-            pytest.fail(f"prometheus exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{handle.url}/-/ready", timeout=2) as response:
-                return True if response.status == 200 else None
-        except (urllib.error.URLError, OSError):
-            return None
 
     def all_targets_up() -> bool | None:
         targets = handle.api("targets")["activeTargets"]
         return True if len(targets) == 3 and all(t["health"] == "up" for t in targets) else None
 
-    try:
-        wait_for(ready, "prometheus /-/ready", timeout=60)
+    with running_prometheus(config, work) as handle:
         wait_for(all_targets_up, "every scrape target up", timeout=60)
         yield handle
-    finally:
-        stop(process)

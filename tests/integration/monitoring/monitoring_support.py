@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import signal
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
+import yaml
+from testkit import free_port, wait_for
 
 # How the Prometheus operator would label the model server's target (from the ServiceMonitor the
 # operator makes for MnistModel ml/mnist-demo) and the operator's target.
@@ -46,3 +54,39 @@ class Prometheus:
         data = self.api("query", query=expr)
         result: list[dict[str, Any]] = data["result"] if data["resultType"] == "vector" else []
         return result
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@contextlib.contextmanager
+def running_prometheus(config: dict[str, Any], work: Path) -> Iterator[Prometheus]:
+    """/usr/bin/prometheus with `config` on a free 127.0.0.1 port and a data dir in `work`,
+    ready (/-/ready) when this yields, stopped after; skips the test where it is not installed."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (bash .ci/run installs it)")
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    log_path = work / "prometheus.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=work,
+        )  # fmt: skip
+    prometheus = Prometheus(f"http://127.0.0.1:{port}", process, log_path)
+
+    def ready() -> bool | None:
+        if process.poll() is not None:
+            pytest.fail(f"prometheus exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=2) as response:
+                return True if response.status == 200 else None
+        except (urllib.error.URLError, OSError):
+            return None
+
+    try:
+        wait_for(ready, "prometheus /-/ready", timeout=60)
+        yield prometheus
+    finally:
+        stop(process)
