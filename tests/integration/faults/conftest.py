@@ -18,7 +18,9 @@ from localcluster import REPO_ROOT, LocalCluster
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration" / "operator"))
 sys.path.insert(0, str(Path(__file__).parent))  # fault_support
-from operator_support import Kube, StartOperator, started_operators
+from operator_support import install_mnist_crd, op_kube, op_start, pytest_runtest_makereport
+
+__all__ = ["op_kube", "op_start", "pytest_runtest_makereport"]  # fixtures and a hook, for pytest
 
 
 @pytest.fixture(scope="package")
@@ -42,26 +44,4 @@ def healed(cluster: LocalCluster) -> Iterator[None]:
 
 @pytest.fixture(scope="package")
 def mnist_crd(cluster: LocalCluster) -> str:
-    cluster.kubectl("apply", "-k", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/mnistmodels.aidevsecops.dev", "--timeout=60s")
-    return "mnistmodels.aidevsecops.dev"
-
-
-@pytest.fixture
-def op_start(
-    cluster: LocalCluster, mnist_crd: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[StartOperator]:
-    with started_operators(cluster, tmp_path, request) as start:
-        yield start
-
-
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    setattr(item, f"rep_{report.when}", report)
-
-
-@pytest.fixture
-def op_kube(cluster: LocalCluster, namespace: str, mnist_crd: str) -> Kube:
-    return Kube(cluster, namespace)
+    return install_mnist_crd(cluster)

@@ -21,7 +21,9 @@ import pytest
 from localcluster import REPO_ROOT, LocalCluster
 
 sys.path.insert(0, str(Path(__file__).parent))
-from operator_support import Kube, StartOperator, started_operators
+from operator_support import install_mnist_crd, op_kube, op_start, pytest_runtest_makereport
+
+__all__ = ["op_kube", "op_start", "pytest_runtest_makereport"]  # fixtures and a hook, for pytest
 
 FIXTURE_CRDS = REPO_ROOT / "tests" / "fixtures" / "crds"
 OPTIONAL_CRDS = {
@@ -32,9 +34,7 @@ OPTIONAL_CRDS = {
 
 @pytest.fixture(scope="session")
 def mnist_crd(cluster: LocalCluster) -> str:
-    cluster.kubectl("apply", "-k", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/mnistmodels.aidevsecops.dev", "--timeout=60s")
-    return "mnistmodels.aidevsecops.dev"
+    return install_mnist_crd(cluster)
 
 
 def _crd_present(cluster: LocalCluster, name: str) -> bool:
@@ -72,23 +72,3 @@ def plain_apis(cluster: LocalCluster) -> Iterator[None]:
     """Neither the Route nor the ServiceMonitor API is served (plain Kubernetes)."""
     with optional_crds(cluster, present=False):
         yield
-
-
-@pytest.fixture
-def op_start(
-    cluster: LocalCluster, mnist_crd: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[StartOperator]:
-    with started_operators(cluster, tmp_path, request) as start:
-        yield start
-
-
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    setattr(item, f"rep_{report.when}", report)
-
-
-@pytest.fixture
-def op_kube(cluster: LocalCluster, namespace: str, mnist_crd: str) -> Kube:
-    return Kube(cluster, namespace)

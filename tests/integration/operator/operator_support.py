@@ -251,3 +251,34 @@ class Kube:
             )
 
         return self.cluster.audit_events(mine)
+
+
+# ----- fixtures and a hook shared by the conftests that run the operator (operator/, faults/);
+# each conftest imports them, and provides `cluster` and `mnist_crd` at the scope it needs.
+
+
+def install_mnist_crd(cluster: LocalCluster) -> str:
+    cluster.kubectl("apply", "-k", str(REPO_ROOT / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/mnistmodels.aidevsecops.dev", "--timeout=60s")
+    return "mnistmodels.aidevsecops.dev"
+
+
+@pytest.fixture
+def op_start(
+    cluster: LocalCluster, mnist_crd: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[StartOperator]:
+    with started_operators(cluster, tmp_path, request) as start:
+        yield start
+
+
+@pytest.fixture
+def op_kube(cluster: LocalCluster, namespace: str, mnist_crd: str) -> Kube:
+    return Kube(cluster, namespace)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Each phase's report on the item (rep_setup, rep_call), so fixtures can tell a failed test."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
