@@ -528,9 +528,9 @@ class Endpoints:
         else:
             probabilities = self.model.predict(images)
         if self.model_reports_batches:
-            self.metrics.observe_predictions(probabilities.argmax(axis=1))
+            self.metrics.observe_predictions(probabilities)
         else:
-            self.metrics.observe_inference(probabilities.argmax(axis=1), time.perf_counter() - started)
+            self.metrics.observe_inference(probabilities, time.perf_counter() - started)
         return probabilities
 
     def _read_json(self, request: Request) -> JsonBody:

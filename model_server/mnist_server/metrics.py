@@ -26,6 +26,11 @@ UNMATCHED = "unmatched"
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# The top-class probability of a softmax over 10 digits lies in [0.1, 1]. A healthy model puts most
+# answers above 0.99; one that has learnt little sits at 0.1-0.5. The buckets resolve both ends,
+# and the same fixed buckets on every server are what lets a canary's distribution be compared
+# with the stable version's bucket by bucket (the operator's canary analysis).
+CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 
 
 class ServerMetrics:
@@ -65,6 +70,12 @@ class ServerMetrics:
             PREFIX + "predictions",
             "Images classified, by predicted digit.",
             ["digit"],
+            registry=registry,
+        )
+        self.confidence = Histogram(
+            PREFIX + "prediction_confidence",
+            "Top-class probability of each image classified (the model's confidence in its answer).",
+            buckets=CONFIDENCE_BUCKETS,
             registry=registry,
         )
         self.errors = Counter(
@@ -116,15 +127,19 @@ class ServerMetrics:
         self.inference_duration.observe(seconds)
         self.batch_size.observe(images)
 
-    def observe_predictions(self, digits: npt.NDArray[np.intp]) -> None:
+    def observe_predictions(self, probabilities: npt.NDArray[np.floating[Any]]) -> None:
+        """The answers to some images: each one's predicted digit and its top-class probability."""
+        digits = probabilities.argmax(axis=1)
         for digit, count in enumerate(np.bincount(digits, minlength=NUM_CLASSES).tolist()):
             if count:
                 self._digit_counters[digit].inc(count)
+        for top in probabilities.max(axis=1).tolist():
+            self.confidence.observe(top)
 
-    def observe_inference(self, digits: npt.NDArray[np.intp], seconds: float) -> None:
+    def observe_inference(self, probabilities: npt.NDArray[np.floating[Any]], seconds: float) -> None:
         """One request answered by a model call of its own (a model that does not batch)."""
-        self.observe_batch(len(digits), seconds)
-        self.observe_predictions(digits)
+        self.observe_batch(len(probabilities), seconds)
+        self.observe_predictions(probabilities)
 
     def observe_error(self, reason: Reason) -> None:
         self.errors.labels(reason=reason.value).inc()

@@ -624,6 +624,8 @@ def test_metrics_count_requests_by_route_template_and_status_class(
     assert sample(server_registry, "mnist_server_predictions_total", digit="4") == 2
     assert sample(server_registry, "mnist_server_predictions_total", digit="1") == 2
     assert sample(server_registry, "mnist_server_predictions_total", digit="7") == 1
+    # One confidence observation per image classified, in the top class's probability bucket.
+    assert sample(server_registry, "mnist_server_prediction_confidence_count") == 5
     assert sample(server_registry, "mnist_server_errors_total", reason="wrong_shape") == 1
     assert sample(server_registry, "mnist_server_errors_total", reason="route_not_found") == 1
 

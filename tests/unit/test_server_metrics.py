@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, multiprocess, values
 from prometheus_client.parser import text_string_to_metric_families
 from server_support import FakeModel, image_with_digit
 
 from mnist_server.app import create_app
+from mnist_server.metrics import CONFIDENCE_BUCKETS, ServerMetrics
 from mnist_server.settings import Settings
 
 
@@ -68,3 +70,31 @@ def test_two_workers_metrics_are_aggregated_and_a_dead_workers_info_disappears(
     # Counters keep what the dead worker counted: they must never go backwards.
     key = ("mnist_server_requests_total", frozenset({("endpoint", "/predict"), ("status_class", "2xx")}))
     assert after[key] == 2
+
+
+def test_predictions_count_each_digit_and_bucket_each_top_class_probability() -> None:
+    """What the operator's canary analysis compares: the predicted-digit counter (10 series) and
+    the confidence histogram (12 buckets), both label-free beyond the digit, so bounded."""
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry, "mnist", "1")
+    probabilities = np.full((3, 10), 0.0, dtype=np.float32)
+    probabilities[0, 3] = 0.9995  # confident 3
+    probabilities[1, 3] = 0.55  # unsure 3
+    probabilities[1, 8] = 0.45
+    probabilities[2, 7] = 0.15  # a guess: nearly uniform
+    probabilities[2, :7] = 0.85 / 7
+    metrics.observe_predictions(probabilities)
+
+    def get(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    assert get("mnist_server_predictions_total", digit="3") == 2
+    assert get("mnist_server_predictions_total", digit="7") == 1
+    assert get("mnist_server_prediction_confidence_count") == 3
+    assert get("mnist_server_prediction_confidence_bucket", le="0.2") == 1
+    assert get("mnist_server_prediction_confidence_bucket", le="0.5") == 1
+    assert get("mnist_server_prediction_confidence_bucket", le="0.6") == 2
+    assert get("mnist_server_prediction_confidence_bucket", le="0.999") == 2
+    assert get("mnist_server_prediction_confidence_bucket", le="+Inf") == 3
+    family = next(f for f in registry.collect() if f.name == "mnist_server_prediction_confidence")
+    assert len([s for s in family.samples if s.name.endswith("_bucket")]) == len(CONFIDENCE_BUCKETS) + 1
