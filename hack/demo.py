@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devkit import WaitTimeoutError, free_port, wait_for
+from devkit import WaitTimeoutError, free_port, wait_for, wait_until_ok
 
 from localcluster import ClusterError, LocalCluster, images, node
 from localcluster.images import Images
@@ -184,13 +184,7 @@ def start_operator(
         metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         health_url=f"http://127.0.0.1:{health_port}/healthz",
     )
-
-    def live() -> bool:
-        if process.poll() is not None:
-            raise DemoError(f"the operator exited with code {process.returncode}; see {log_path}")
-        return http_get(handle.health_url)[0] == 200
-
-    wait_for(live, "the operator's liveness endpoint", timeout=60)
+    wait_until_ok(handle.health_url, "the operator live", 60, process=process, log=lambda: f"log: {log_path}")
     return handle
 
 
@@ -316,13 +310,9 @@ def serve_and_predict(models: Path, version: str, state: Path, digit_index: int,
     url = f"http://127.0.0.1:{port}"
     try:
         say.say(f"mnist-server serving {MODEL_NAME} version {version} on {url} (log {log_path})")
-
-        def ready() -> bool:
-            if server.poll() is not None:
-                raise DemoError(f"mnist-server exited with code {server.returncode}; see {log_path}")
-            return http_get(url + "/readyz")[0] == 200
-
-        wait_for(ready, "mnist-server /readyz", timeout=180, interval=0.5)
+        wait_until_ok(
+            url + "/readyz", "mnist-server ready", 180, process=server, log=lambda: f"log: {log_path}"
+        )
         classify_a_test_digit(url, digit_index, say)
     finally:
         stop_process(server)
@@ -407,6 +397,8 @@ def predict_through_service(cluster: LocalCluster, name: str, digit_index: int, 
 
     service = json.loads(cluster.kubectl("get", "service", name, "-n", DEMO_NAMESPACE, "-o", "json").stdout)
     url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+    # Ready follows the pods; kube-proxy routes the new Service a moment later.
+    wait_until_ok(url + "/readyz", f"the Service {name} routing to a ready pod", 60)
     classify_a_test_digit(url, digit_index, say, where="   # the Service's ClusterIP")
     pods = json.loads(
         cluster.kubectl(

@@ -26,18 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import free_port
 
 from localcluster import REPO_ROOT
 
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-versitygw.sh"
 ACCESS_KEY = "mnist-test-access"
 SECRET_KEY = "mnist-test-secret-0123456789"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def versitygw_binary() -> Path:

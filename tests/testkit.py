@@ -1,13 +1,13 @@
-"""Helpers shared by several test suites (``tests`` is on pytest's pythonpath). `free_port` and
-`wait_for` come from hack/devkit.py, which the demo and the benchmarks share too."""
+"""Helpers shared by several test suites (``tests`` is on pytest's pythonpath). `free_port`,
+`wait_for` and `wait_until_ok` come from hack/devkit.py, which the demo and the benchmarks share too."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from devkit import WaitTimeoutError, free_port, wait_for
+from devkit import WaitTimeoutError, answers_ok, free_port, wait_for, wait_until_ok
 
-__all__ = ["WaitTimeoutError", "free_port", "tiny_keras_model", "wait_for"]
+__all__ = ["WaitTimeoutError", "answers_ok", "free_port", "tiny_keras_model", "wait_for", "wait_until_ok"]
 
 
 def tiny_keras_model(seed: int, hidden: int = 16) -> Any:

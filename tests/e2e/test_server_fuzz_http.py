@@ -24,7 +24,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from testkit import tiny_keras_model
+from testkit import free_port, tiny_keras_model, wait_until_ok
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
     root = tmp_path_factory.mktemp("fuzz-models")
     version = export_model(tiny_keras_model(seed=2, hidden=16), root, "mnist", "1", {})
     export_onnx(version.path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log_path = tmp_path_factory.mktemp("fuzz-server") / "server.log"
     env = {
         **os.environ,
@@ -62,16 +60,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        wait_until_ok(f"{url}/readyz", "mnist-server ready", 120, process=process, log=log_path.read_text)
         yield url, port
         assert process.poll() is None, log_path.read_text()
         assert "Traceback" not in log_path.read_text(), log_path.read_text()

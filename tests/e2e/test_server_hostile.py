@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from testkit import free_port, tiny_keras_model
+from testkit import WaitTimeoutError, free_port, tiny_keras_model, wait_until_ok
 
 pytestmark = pytest.mark.slow
 
@@ -79,18 +79,14 @@ def start(model_root: Path, log_dir: Path, **settings: str) -> Server:
             [sys.executable, "-m", "mnist_server.cli"], env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
     server = Server(f"http://127.0.0.1:{port}", port, process, log_path)
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    while True:
-        assert process.poll() is None, server.log()
-        try:
-            if requests.get(f"{server.url}/readyz", timeout=5).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"not ready in time:\n{server.log()}")
-        time.sleep(0.2)
+    try:
+        wait_until_ok(
+            f"{server.url}/readyz", "mnist-server ready", STARTUP_DEADLINE_S, process=process, log=server.log
+        )
+    except WaitTimeoutError:
+        process.kill()
+        raise
+    return server
 
 
 def stop(server: Server) -> None:

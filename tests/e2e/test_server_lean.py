@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from testkit import free_port, tiny_keras_model
+from testkit import WaitTimeoutError, free_port, tiny_keras_model, wait_until_ok
 
 pytestmark = pytest.mark.slow
 
@@ -89,18 +89,14 @@ def start(version: LeanVersion, log_dir: Path, **settings: str) -> Lean:
             [sys.executable, "-m", "mnist_server.cli"], env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
     lean = Lean(f"http://127.0.0.1:{port}", process, version.expected, version.images, log_path)
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    while True:
-        assert process.poll() is None, lean.log()
-        try:
-            if requests.get(f"{lean.url}/readyz", timeout=5).status_code == 200:
-                return lean
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"not ready in time:\n{lean.log()}")
-        time.sleep(0.2)
+    try:
+        wait_until_ok(
+            f"{lean.url}/readyz", "lean mnist-server ready", STARTUP_DEADLINE_S, process=process, log=lean.log
+        )
+    except WaitTimeoutError:
+        process.kill()
+        raise
+    return lean
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -9,17 +9,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import requests
-from testkit import tiny_keras_model
+from testkit import free_port, tiny_keras_model, wait_until_ok
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +33,6 @@ def worst_case() -> ModuleType:
     sys.modules["worst_case"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_the_worst_case_corpus_keeps_a_worker_under_its_memory_bound(tmp_path: Path) -> None:
@@ -69,16 +59,7 @@ def test_the_worst_case_corpus_keeps_a_worker_under_its_memory_bound(tmp_path: P
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        wait_until_ok(f"{url}/readyz", "mnist-server ready", 120, process=process, log=log_path.read_text)
         [worker] = [
             int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         ]

@@ -23,7 +23,7 @@ import pytest
 import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from testkit import free_port
+from testkit import free_port, wait_until_ok
 
 from mnist_server.data import MnistData, Split, load_mnist
 from mnist_server.training import TrainConfig, train
@@ -104,19 +104,11 @@ def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def wait_until_every_worker_is_ready(server: Server) -> None:
     # Whichever worker answers, /readyz is 200 only once every worker has loaded the model.
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    while True:
-        if server.process.poll() is not None:
-            pytest.fail(f"mnist-server exited with {server.process.returncode}:\n{server.log()}")
-        try:
-            if requests.get(f"{server.url}/readyz", timeout=5).status_code == 200:
-                assert server.log().count("loaded model mnist version") == WORKERS, server.log()
-                return
-        except requests.RequestException:  # not listening yet, or busy importing TensorFlow
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"mnist-server not ready after {STARTUP_DEADLINE_S:.0f} s:\n{server.log()}")
-        time.sleep(0.2)
+    wait_until_ok(
+        f"{server.url}/readyz", "every mnist-server worker ready", STARTUP_DEADLINE_S,
+        process=server.process, log=server.log,
+    )  # fmt: skip
+    assert server.log().count("loaded model mnist version") == WORKERS, server.log()
 
 
 def post(server: Server, path: str, body: object) -> requests.Response:

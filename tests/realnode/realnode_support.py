@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from demo import OPERATOR_NAMESPACE, install_in_cluster
-from testkit import WaitTimeoutError, wait_for
+from testkit import WaitTimeoutError, wait_for, wait_until_ok
 
 from localcluster import LocalCluster, node
 from localcluster.images import Images
@@ -107,8 +107,14 @@ def pods_of(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, 
     return list(json.loads(out.stdout)["items"])
 
 
-def cluster_ip(cluster: LocalCluster, namespace: str, name: str) -> str:
-    return str(get(cluster, namespace, "service", name)["spec"]["clusterIP"])
+def routed_cluster_ip(cluster: LocalCluster, namespace: str, name: str, timeout: float = 60) -> str:
+    """The Service's ClusterIP, once it routes to a ready pod. The operator's Ready follows the
+    Deployment's available pods; kube-proxy programs the Service's endpoints after that (about a
+    second; longer on a busy node with many Services), and until then the ClusterIP refuses
+    connections. Clients of a new model meet the same gap."""
+    ip = str(get(cluster, namespace, "service", name)["spec"]["clusterIP"])
+    wait_until_ok(f"http://{ip}/readyz", f"the Service {namespace}/{name} routing to a ready pod", timeout)
+    return ip
 
 
 def predict(host: str, images: np.ndarray[Any, Any], port: int = 80, batch: int = 50) -> np.ndarray[Any, Any]:
@@ -135,6 +141,8 @@ class LoadResult:
     versions: Counter[str] = field(default_factory=Counter)
     # (monotonic time, served model version) of every answered request.
     timeline: list[tuple[float, str]] = field(default_factory=list)
+    # (monotonic time, what failed) of every failure: when they happened tells why.
+    failure_times: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -214,6 +222,7 @@ class SteadyLoad:
         with self._lock:
             if failure is not None:
                 self.result.failures[failure] += 1
+                self.result.failure_times.append((time.monotonic(), failure))
             else:
                 assert version is not None
                 self.result.ok += 1

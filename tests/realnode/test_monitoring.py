@@ -26,9 +26,9 @@ from realnode.realnode_support import (
     OperatorInstall,
     SteadyLoad,
     apply,
-    cluster_ip,
     mnist_model,
     predict,
+    routed_cluster_ip,
     wait_condition,
 )
 from testkit import wait_for
@@ -177,7 +177,7 @@ def test_prometheus_scrapes_the_real_pods_and_the_dashboard_shows_them(
 
         # Traffic through the Service, good and bad, for as long as the panels are read (their
         # rates look at the last 30 s), so that every panel has something to show.
-        ip = cluster_ip(rn_cluster, rn_namespace, "digits")
+        ip = routed_cluster_ip(rn_cluster, rn_namespace, "digits")
         predict(ip, rn_digits.images)
         with SteadyLoad(ip, rn_digits.images[0], clients=1):
             for title, expr in server_panel_queries(rn_namespace, "digits"):

@@ -34,16 +34,16 @@ from realnode.realnode_support import (
     Digits,
     OperatorInstall,
     apply,
-    cluster_ip,
     condition,
     get,
     mnist_model,
     pods_of,
     predict,
+    routed_cluster_ip,
     wait_condition,
 )
-from storage_servers import ACCESS_KEY, SECRET_KEY, ArchiveServer, ObjectStore, free_port, versitygw_binary
-from testkit import wait_for
+from storage_servers import ACCESS_KEY, SECRET_KEY, ArchiveServer, ObjectStore, versitygw_binary
+from testkit import free_port, wait_for
 
 from localcluster import LocalCluster, images, node
 from mnist_server.publish import publish
@@ -256,7 +256,7 @@ def test_a_model_from_s3_rolls_to_another_stored_version_with_the_digest_in_stat
     # The credentials reach the fetch, never the server.
     (server,) = pod["spec"]["containers"]
     assert not any("valueFrom" in e for e in server.get("env", []))
-    ip = cluster_ip(cluster, namespace, "digits")
+    ip = routed_cluster_ip(cluster, namespace, "digits")
     assert v2_metadata(ip)["parameters"] == {"source": "s3", "sha256": d1}
     assert source_metric(ip) == [f'mnist_server_model_source_info{{sha256="{d1}",source="s3"}} 1.0']
     digits = setting.digits
@@ -307,7 +307,7 @@ def test_http_and_pvc_sources_serve_the_pinned_bytes(
     for name, kind, digest in (("web", "http", d1), ("volume", "pvc", d2)):
         model = setting.ready(name)
         assert model["status"]["modelSHA256"] == digest
-        ip = cluster_ip(setting.cluster, setting.namespace, name)
+        ip = routed_cluster_ip(setting.cluster, setting.namespace, name)
         assert v2_metadata(ip)["parameters"] == {"source": kind, "sha256": digest}
         assert float(np.mean(predict(ip, digits.images[:50]) == digits.labels[:50])) > 0.9
         (pod,) = pods_of(setting.cluster, setting.namespace, name)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 
 import aiohttp
 import kopf
 import pytest
 from prometheus_client import CollectorRegistry
+from testkit import free_port
 
 from mnist_operator import api
 from mnist_operator.handlers import WATCHED_CHILDREN, Operator, configure_kopf, may_read_cluster, register
@@ -122,9 +122,7 @@ async def test_a_stalled_work_queue_makes_kopfs_liveness_endpoint_fail() -> None
     op.queue = WorkQueue(reconcile, workers=1, stall_after=60, clock=lambda: now[0])
     reg = kopf.OperatorRegistry()
     register(reg, op)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/healthz"
+    url = f"http://127.0.0.1:{free_port()}/healthz"
     ready = asyncio.Event()
     server = asyncio.create_task(
         health_reporter(
