@@ -61,11 +61,50 @@ class Autoscaling:
     target_cpu_utilization_percentage: int
 
 
+RolloutStrategy = Literal["RollingUpdate", "Canary"]
+ROLLOUT_STRATEGIES: tuple[RolloutStrategy, ...] = ("RollingUpdate", "Canary")
+MAX_CANARY_STEPS = 10
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    """Send `weight` percent of the traffic to the new version for `pause_seconds`, then judge it."""
+
+    weight: int
+    pause_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What a canary step must show, on the new version's own requests over the step's window,
+    compared with the stable version's over the same window (canary.py has the measures)."""
+
+    min_requests: int = 100
+    max_error_rate: float = 0.01
+    max_p99_latency_seconds: float = 0.5
+    # Jensen-Shannon distance (base 2, in [0, 1]) between the canary's and the stable version's
+    # distributions of predicted digits, and of top-class probability (the confidence buckets).
+    max_digit_divergence: float = 0.1
+    max_confidence_divergence: float = 0.1
+
+
+DEFAULT_CANARY_STEPS: tuple[CanaryStep, ...] = (CanaryStep(10, 60), CanaryStep(50, 60))
+
+
+@dataclass(frozen=True)
+class Canary:
+    steps: tuple[CanaryStep, ...] = DEFAULT_CANARY_STEPS
+    analysis: Analysis = field(default_factory=Analysis)
+
+
 @dataclass(frozen=True)
 class Rollout:
     max_surge: IntOrPercent = 1
     max_unavailable: IntOrPercent = 0
     progress_deadline_seconds: int = 600
+    strategy: RolloutStrategy = "RollingUpdate"
+    # Set (with its defaults) when the strategy is Canary, else None.
+    canary: Canary | None = None
 
 
 @dataclass(frozen=True)
@@ -257,7 +296,81 @@ def _rollout(raw: Any) -> Rollout:
     if surge in (0, "0%") and unavailable in (0, "0%"):
         raise SpecError("rollout.maxUnavailable", "maxSurge and maxUnavailable cannot both be 0")
     deadline = _int(section, "progressDeadlineSeconds", minimum=1, prefix="rollout.")
-    return Rollout(surge, unavailable, Rollout.progress_deadline_seconds if deadline is None else deadline)
+    strategy = _str(section, "strategy", prefix="rollout.") or Rollout.strategy
+    if strategy not in ROLLOUT_STRATEGIES:
+        raise SpecError("rollout.strategy", f"{strategy!r} is not one of {', '.join(ROLLOUT_STRATEGIES)}")
+    if section.get("canary") is not None and strategy != "Canary":
+        raise SpecError("rollout.canary", "is set but rollout.strategy is not Canary")
+    return Rollout(
+        surge,
+        unavailable,
+        Rollout.progress_deadline_seconds if deadline is None else deadline,
+        strategy,
+        _canary(section.get("canary")) if strategy == "Canary" else None,
+    )
+
+
+def _canary(raw: Any) -> Canary:
+    section = _section(raw, "rollout.canary")
+    prefix = "rollout.canary."
+    steps = DEFAULT_CANARY_STEPS
+    raw_steps = section.get("steps")
+    if raw_steps is not None:
+        if not isinstance(raw_steps, Sequence) or isinstance(raw_steps, str):
+            raise SpecError(f"{prefix}steps", "must be a list")
+        if not 1 <= len(raw_steps) <= MAX_CANARY_STEPS:
+            raise SpecError(f"{prefix}steps", f"must hold 1 to {MAX_CANARY_STEPS} steps")
+        parsed: list[CanaryStep] = []
+        for i, item in enumerate(raw_steps):
+            step = _section(item, f"{prefix}steps[{i}]")
+            where = f"{prefix}steps[{i}]."
+            weight = _int(step, "weight", minimum=1, prefix=where)
+            if weight is None:
+                raise SpecError(f"{where}weight", "is required")
+            if weight > 99:
+                raise SpecError(f"{where}weight", "must be at most 99 (100 % is the promotion)")
+            if parsed and weight <= parsed[-1].weight:
+                raise SpecError(f"{where}weight", "must be greater than the step before's")
+            pause = _int(step, "pauseSeconds", minimum=10, prefix=where)
+            parsed.append(CanaryStep(weight, CanaryStep.pause_seconds if pause is None else pause))
+        steps = tuple(parsed)
+    analysis = _section(section.get("analysis"), f"{prefix}analysis")
+    where = f"{prefix}analysis."
+    min_requests = _int(analysis, "minRequests", minimum=1, prefix=where)
+    return Canary(
+        steps,
+        Analysis(
+            min_requests=Analysis.min_requests if min_requests is None else min_requests,
+            max_error_rate=_fraction(
+                analysis, "maxErrorRate", Analysis.max_error_rate, prefix=where, zero=True
+            ),
+            max_p99_latency_seconds=_number(
+                analysis, "maxP99LatencySeconds", Analysis.max_p99_latency_seconds, prefix=where
+            ),
+            max_digit_divergence=_fraction(
+                analysis, "maxDigitDivergence", Analysis.max_digit_divergence, prefix=where
+            ),
+            max_confidence_divergence=_fraction(
+                analysis, "maxConfidenceDivergence", Analysis.max_confidence_divergence, prefix=where
+            ),
+        ),
+    )
+
+
+def _number(raw: Mapping[str, Any], key: str, default: float, *, prefix: str, zero: bool = False) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(prefix + key, "must be a number")
+    if value < 0 or (value == 0 and not zero):
+        raise SpecError(prefix + key, "must be at least 0" if zero else "must be greater than 0")
+    return float(value)
+
+
+def _fraction(raw: Mapping[str, Any], key: str, default: float, *, prefix: str, zero: bool = False) -> float:
+    value = _number(raw, key, default, prefix=prefix, zero=zero)
+    if value > 1:
+        raise SpecError(prefix + key, "must be at most 1")
+    return value
 
 
 def _exposure(raw: Any) -> Exposure:

@@ -13,7 +13,13 @@ import pytest
 import yaml
 
 from mnist_operator import api
-from mnist_operator.spec import MODEL_VERSION_PATTERN, SPREAD_MODES, ServiceMonitorSpec, parse_spec
+from mnist_operator.spec import (
+    MODEL_VERSION_PATTERN,
+    ROLLOUT_STRATEGIES,
+    SPREAD_MODES,
+    ServiceMonitorSpec,
+    parse_spec,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "aidevsecops.dev_mnistmodels.yaml"
@@ -129,7 +135,11 @@ def test_reserved_env_names_match_the_operator(spec_schema: dict[str, Any]) -> N
 
 def test_schema_defaults_match_the_parser_defaults(spec_schema: dict[str, Any]) -> None:
     props = spec_schema["properties"]
-    rollout = {k: v["default"] for k, v in props["rollout"]["properties"].items() if "default" in v}
+    rollout = {
+        k: v["default"]
+        for k, v in props["rollout"]["properties"].items()
+        if "default" in v and k not in ("strategy", "canary")
+    }
     autoscaling = {k: v["default"] for k, v in props["autoscaling"]["properties"].items() if "default" in v}
     monitor = props["monitoring"]["properties"]["serviceMonitor"]["properties"]
     parsed = parse_spec({"modelVersion": "1", "autoscaling": {"maxReplicas": 5}})
@@ -163,3 +173,27 @@ def test_schema_defaults_match_the_parser_defaults(spec_schema: dict[str, Any]) 
 def test_kustomization_lists_the_crd() -> None:
     kustomization = yaml.safe_load((ROOT / "crds" / "kustomization.yaml").read_text())
     assert kustomization["resources"] == [CRD_FILE.name]
+
+
+def test_canary_defaults_match_the_parser_and_a_model_without_one_gets_none(
+    spec_schema: dict[str, Any],
+) -> None:
+    rollout = spec_schema["properties"]["rollout"]["properties"]
+    # No default strategy nor canary: objects stored before the canary existed default as before.
+    assert "default" not in rollout["strategy"] and "default" not in rollout["canary"]
+    canary = rollout["canary"]["properties"]
+    parsed = parse_spec({"modelVersion": "1", "rollout": {"strategy": "Canary"}}).rollout.canary
+    assert parsed is not None
+    assert canary["steps"]["default"] == [
+        {"weight": step.weight, "pauseSeconds": step.pause_seconds} for step in parsed.steps
+    ]
+    assert canary["steps"]["items"]["properties"]["pauseSeconds"]["default"] == parsed.steps[0].pause_seconds
+    analysis = {k: v["default"] for k, v in canary["analysis"]["properties"].items()}
+    assert analysis == {
+        "minRequests": parsed.analysis.min_requests,
+        "maxErrorRate": parsed.analysis.max_error_rate,
+        "maxP99LatencySeconds": parsed.analysis.max_p99_latency_seconds,
+        "maxDigitDivergence": parsed.analysis.max_digit_divergence,
+        "maxConfidenceDivergence": parsed.analysis.max_confidence_divergence,
+    }
+    assert rollout["strategy"]["enum"] == list(ROLLOUT_STRATEGIES)

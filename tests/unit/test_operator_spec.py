@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 
 from mnist_operator.spec import (
+    Analysis,
     Autoscaling,
     Availability,
+    Canary,
+    CanaryStep,
     Exposure,
     MnistModelSpec,
     Rollout,
@@ -161,3 +164,87 @@ def test_bad_input_names_the_field(spec: dict[str, Any], field: str) -> None:
 def test_missing_spec_is_an_error() -> None:
     with pytest.raises(SpecError):
         parse_spec(None)
+
+
+def test_rolling_update_is_the_default_and_has_no_canary() -> None:
+    spec = parse_spec({"modelVersion": "1", "rollout": {"maxSurge": 1}})
+    assert spec.rollout.strategy == "RollingUpdate"
+    assert spec.rollout.canary is None
+
+
+def test_canary_strategy_gets_default_steps_and_thresholds() -> None:
+    spec = parse_spec({"modelVersion": "1", "rollout": {"strategy": "Canary"}})
+    assert spec.rollout.canary == Canary(
+        steps=(CanaryStep(10, 60), CanaryStep(50, 60)),
+        analysis=Analysis(
+            min_requests=100,
+            max_error_rate=0.01,
+            max_p99_latency_seconds=0.5,
+            max_digit_divergence=0.1,
+            max_confidence_divergence=0.1,
+        ),
+    )
+
+
+def test_canary_steps_and_analysis_are_parsed() -> None:
+    spec = parse_spec(
+        {
+            "modelVersion": "2",
+            "rollout": {
+                "strategy": "Canary",
+                "canary": {
+                    "steps": [{"weight": 5}, {"weight": 25, "pauseSeconds": 120}, {"weight": 75}],
+                    "analysis": {"minRequests": 500, "maxErrorRate": 0, "maxP99LatencySeconds": 0.25},
+                },
+            },
+        }
+    )
+    assert spec.rollout.canary is not None
+    assert spec.rollout.canary.steps == (CanaryStep(5, 60), CanaryStep(25, 120), CanaryStep(75, 60))
+    analysis = spec.rollout.canary.analysis
+    assert (analysis.min_requests, analysis.max_error_rate, analysis.max_p99_latency_seconds) == (
+        500,
+        0,
+        0.25,
+    )
+    assert analysis.max_digit_divergence == 0.1
+
+
+CANARY = {"strategy": "Canary"}
+
+
+@pytest.mark.parametrize(
+    ("rollout", "field"),
+    [
+        ({"strategy": "BlueGreen"}, "rollout.strategy"),
+        ({"canary": {}}, "rollout.canary"),
+        ({**CANARY, "canary": {"steps": []}}, "rollout.canary.steps"),
+        ({**CANARY, "canary": {"steps": [{"weight": 10}] * 11}}, "rollout.canary.steps"),
+        ({**CANARY, "canary": {"steps": [{"pauseSeconds": 10}]}}, "rollout.canary.steps[0].weight"),
+        ({**CANARY, "canary": {"steps": [{"weight": 100}]}}, "rollout.canary.steps[0].weight"),
+        ({**CANARY, "canary": {"steps": [{"weight": 0}]}}, "rollout.canary.steps[0].weight"),
+        ({**CANARY, "canary": {"steps": [{"weight": 50}, {"weight": 20}]}}, "rollout.canary.steps[1].weight"),
+        (
+            {**CANARY, "canary": {"steps": [{"weight": 50, "pauseSeconds": 5}]}},
+            "rollout.canary.steps[0].pauseSeconds",
+        ),
+        ({**CANARY, "canary": {"analysis": {"minRequests": 0}}}, "rollout.canary.analysis.minRequests"),
+        ({**CANARY, "canary": {"analysis": {"maxErrorRate": 1.5}}}, "rollout.canary.analysis.maxErrorRate"),
+        (
+            {**CANARY, "canary": {"analysis": {"maxP99LatencySeconds": 0}}},
+            "rollout.canary.analysis.maxP99LatencySeconds",
+        ),
+        (
+            {**CANARY, "canary": {"analysis": {"maxDigitDivergence": "0.1"}}},
+            "rollout.canary.analysis.maxDigitDivergence",
+        ),
+        (
+            {**CANARY, "canary": {"analysis": {"maxConfidenceDivergence": 0}}},
+            "rollout.canary.analysis.maxConfidenceDivergence",
+        ),
+    ],
+)
+def test_bad_canary_names_the_field(rollout: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"modelVersion": "1", "rollout": rollout})
+    assert caught.value.field == field
