@@ -30,6 +30,14 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # answers above 0.99; one that has learnt little sits at 0.1-0.5. The buckets resolve both ends,
 # and the same fixed buckets on every server are what lets a canary's distribution be compared
 # with the stable version's bucket by bucket (the operator's canary analysis).
+# The route templates that answer predictions (app.Endpoints.routes()).
+PREDICT_ROUTES = (
+    "/predict",
+    "/v2/models/<name>/infer",
+    "/v2/models/<name>/versions/<version>/infer",
+    "/v1/models/<name>:predict",
+    "/v1/models/<name>/versions/<version>:predict",
+)
 CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 
 
@@ -108,17 +116,27 @@ class ServerMetrics:
         self._request_series: dict[tuple[str, int], tuple[Any, Any]] = {}
         for reason in Reason:
             self.errors.labels(reason=reason.value)
+        # The prediction routes' request series too: a series born at its first request loses that
+        # first scrape's count from increase() and rate(), which a canary's analysis window (and a
+        # new pod's first minute) would miss.
+        for endpoint in PREDICT_ROUTES:
+            for status in (200, 400, 500):
+                self._series(endpoint, status)
         self.model_info.labels(model_name=model_name, model_version=model_version).set(1)
         self.model_source_info.labels(
             source=source.kind if source else "image", sha256=source.sha256 if source else ""
         ).set(1)
 
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+    def _series(self, endpoint: str, status: int) -> tuple[Any, Any]:
         series = self._request_series.get((endpoint, status // 100))
         if series is None:
             labels = {"endpoint": endpoint, "status_class": f"{status // 100}xx"}
             series = (self.requests.labels(**labels), self.request_duration.labels(**labels))
             self._request_series[(endpoint, status // 100)] = series
+        return series
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        series = self._series(endpoint, status)
         series[0].inc()
         series[1].observe(seconds)
 

@@ -177,11 +177,11 @@ def test_canary_strategy_gets_default_steps_and_thresholds() -> None:
     assert spec.rollout.canary == Canary(
         steps=(CanaryStep(10, 60), CanaryStep(50, 60)),
         analysis=Analysis(
-            min_requests=100,
+            min_requests=200,
             max_error_rate=0.01,
             max_p99_latency_seconds=0.5,
-            max_digit_divergence=0.1,
-            max_confidence_divergence=0.1,
+            max_digit_divergence=0.2,
+            max_confidence_divergence=0.2,
         ),
     )
 
@@ -207,7 +207,7 @@ def test_canary_steps_and_analysis_are_parsed() -> None:
         0,
         0.25,
     )
-    assert analysis.max_digit_divergence == 0.1
+    assert analysis.max_digit_divergence == 0.2
 
 
 CANARY = {"strategy": "Canary"}

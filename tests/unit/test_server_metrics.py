@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_support import FakeModel, image_with_digit
 
 from mnist_server.app import create_app
-from mnist_server.metrics import CONFIDENCE_BUCKETS, ServerMetrics
+from mnist_server.metrics import CONFIDENCE_BUCKETS, PREDICT_ROUTES, ServerMetrics
 from mnist_server.settings import Settings
 
 
@@ -98,3 +99,18 @@ def test_predictions_count_each_digit_and_bucket_each_top_class_probability() ->
     assert get("mnist_server_prediction_confidence_bucket", le="+Inf") == 3
     family = next(f for f in registry.collect() if f.name == "mnist_server_prediction_confidence")
     assert len([s for s in family.samples if s.name.endswith("_bucket")]) == len(CONFIDENCE_BUCKETS) + 1
+
+
+def test_the_prediction_routes_request_series_exist_from_start_up(server_app: Any) -> None:
+    """So that rate() and increase() count a new pod's first requests (a canary's window)."""
+    router = server_app.router
+    posted = {by_method["POST"].rule for _, by_method in router._templates if "POST" in by_method}
+    posted |= {rule for rule, by_method in router._exact.items() if "POST" in by_method}
+    assert set(PREDICT_ROUTES) == posted  # every route that answers predictions, and only those
+    registry = CollectorRegistry()
+    ServerMetrics(registry, "mnist", "1")
+    for endpoint in PREDICT_ROUTES:
+        for status_class in ("2xx", "4xx", "5xx"):
+            labels = {"endpoint": endpoint, "status_class": status_class}
+            assert registry.get_sample_value("mnist_server_requests_total", labels) == 0
+            assert registry.get_sample_value("mnist_server_request_duration_seconds_count", labels) == 0

@@ -83,11 +83,11 @@ def test_a_canary_gets_its_defaults_and_a_model_without_one_gets_none(op_kube: K
     assert rollout["canary"] == {
         "steps": [{"weight": 10, "pauseSeconds": 60}, {"weight": 50, "pauseSeconds": 60}],
         "analysis": {
-            "minRequests": 100,
+            "minRequests": 200,
             "maxErrorRate": 0.01,
             "maxP99LatencySeconds": 0.5,
-            "maxDigitDivergence": 0.1,
-            "maxConfidenceDivergence": 0.1,
+            "maxDigitDivergence": 0.2,
+            "maxConfidenceDivergence": 0.2,
         },
     }
     steps = created(canary("steps", canary={"steps": [{"weight": 5}, {"weight": 30, "pauseSeconds": 20}]}))
