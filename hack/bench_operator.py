@@ -20,39 +20,24 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from devkit import free_port, wait_for
+
 from localcluster import NODE_ANNOTATION, OPERATOR_USER, REPO_ROOT, LocalCluster
 
 PODS_PER_NODE = 110
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(probe: Callable[[], Any], what: str, timeout: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Operator:
@@ -78,7 +63,7 @@ class Operator:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_for(self._healthy, "the operator's liveness endpoint", 30)
+        wait_for(self._healthy, "the operator's liveness endpoint", 30, interval=0.1)
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
