@@ -1,0 +1,103 @@
+"""bench/ without running a benchmark: the report is a pure function of the figures (the checked-in
+docs/benchmarks.md is what it makes of docs/benchmarks.json, through `bench/run.py --render` too),
+sweep variants and failed runs land where they should, and the server selection's pure parts."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+import report  # noqa: E402
+import scenarios  # noqa: E402
+
+
+@pytest.fixture
+def figures() -> dict[str, Any]:
+    return json.loads((ROOT / "docs" / "benchmarks.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_the_checked_in_report_is_rendered_from_its_figures(figures: dict[str, Any]) -> None:
+    assert report.render(figures) == (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_run_render_writes_the_same_report(tmp_path: Path) -> None:
+    """The CLI's --render path: run.py's imports (hack/devkit.py among them) resolve from make bench."""
+    output = tmp_path / "benchmarks.md"
+    figures = ROOT / "docs" / "benchmarks.json"
+    subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--render", str(figures), "--output", str(output)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert output.read_text() == (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_sweep_variants_only_in_the_tuning_table_and_failures_reported(figures: dict[str, Any]) -> None:
+    data = copy.deepcopy(figures)
+    onnx = next(run for run in data["runs"] if run["key"] == "ours-onnx")
+    variant = copy.deepcopy(onnx) | {"key": "ours-onnx[sweep:no-batching]", "notes": "no batching"}
+    broken = copy.deepcopy(onnx) | {"key": "ours-onnx[sweep:broken]", "error": "RuntimeError: boom"}
+    data["runs"] += [variant, broken]
+    baseline = next(run for run in data["runs"] if run["key"] == "baseline")
+    baseline |= {"error": "WaitTimeoutError: timed out", "results": []}
+    onnx["results"][0] |= {"errors": 12, "error_detail": {"status": 12}}
+
+    text = report.render(data)
+
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Targets (issue 6)",
+        "## Targets (issue 11)",
+        "## Compute limit: batched inference in-process, no HTTP",
+        "## Over HTTP",
+        "## Ratios to the peers (same payload, same concurrency)",
+        "## Slow clients and overload",
+        "## Tuning: how the defaults were chosen",
+        "## Notes",
+        "## The servers",
+        "## Payloads",
+    ]
+    main_tables, tuning = text.split("## Tuning", 1)
+    assert "sweep:" not in main_tables
+    assert "| no-batching | tutorial-1 | 1 |" in tuning
+    assert "| broken | failed: RuntimeError: boom |" in tuning
+    assert "**no-batching**: no batching" in tuning
+    assert f"| {baseline['label']} | failed: WaitTimeoutError: timed out |" in main_tables
+    assert "| 12 refused |" in main_tables
+    assert f"| {baseline['label']} |" not in main_tables.split("## Ratios", 1)[1].split("## Slow", 1)[0]
+
+
+def test_variants_and_scenario_selection() -> None:
+    name, env = scenarios.parse_variant("8-threads: MNIST_SERVER_THREADS=8")
+    assert (name, env) == ("8-threads", {"MNIST_SERVER_THREADS": "8"})
+    with pytest.raises(SystemExit):
+        scenarios.parse_variant("bad: OTHER=1")
+
+    version_dir = Path("/models/mnist/1")
+    specs = scenarios.server_specs(version_dir, None, {"ours-onnx", "baseline", "kserve"})
+    assert [spec.key for spec in specs] == ["ours-onnx", "baseline"]  # no KServe without its venv
+    kept = scenarios.only(specs, "tutorial-1@32,v2bin-64@4")
+    assert [[f"{s.payload}@{s.concurrency}" for s in spec.scenarios] for spec in kept] == [
+        ["tutorial-1@32", "v2bin-64@4"],
+        ["tutorial-1@32"],
+    ]
+    (variant,) = scenarios.ours_variants(specs[0], ["2-workers: MNIST_SERVER_WORKERS=2"], sweep=True)
+    assert variant.key == "ours-onnx[sweep:2-workers]"
+    assert variant.env["MNIST_SERVER_WORKERS"] == "2"
+    assert variant.env["MNIST_SERVER_MODEL_ROOT"] == "/models"
+
+    on_port = specs[1].on_port(8123)
+    assert "8123" in on_port.command and "{port}" not in on_port.command
+    assert on_port.env["MNIST_SERVER_PORT"] == "8123"
+    assert specs[1].command.count("{port}") == 1  # the spec itself is unchanged
