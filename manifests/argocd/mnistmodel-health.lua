@@ -8,8 +8,9 @@
 --                condition older than metadata.generation); a rollout under way; Ready=Unknown.
 --   Degraded     Ready=False for any other reason: a rollout past its progress deadline, crash
 --                loops, containers that died (Error, OOMKilled), image pull errors, an invalid
---                spec, missing RBAC, a name conflict, a rejected Route... (the reason and
---                message come from the Ready condition).
+--                spec, missing RBAC, a name conflict, a rejected Route, a canary rolled back
+--                (CanaryRolledBack) or aborted... (the reason and message come from the Ready
+--                condition).
 
 -- Ready=False reasons that are part of getting there, not a failure (as Argo CD treats a
 -- Deployment whose pods are not all available yet): the operator or the Deployment controller
@@ -25,6 +26,10 @@ local progressing_reasons = {
   Pending = true,
   Unschedulable = true,
   ApiUnavailable = true,
+  -- a canary under way, or waiting for a verdict (too few requests, Prometheus unreachable);
+  -- a canary rolled back or aborted is Degraded, with its reason (CanaryRolledBack, CanaryAborted)
+  CanaryProgressing = true,
+  CanaryPaused = true,
 }
 
 local function find_condition(conditions, wanted)

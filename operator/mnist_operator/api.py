@@ -41,6 +41,11 @@ HASH_LABEL = f"{GROUP}/applied-hash"
 # metadata (children carry their own ownerReferences) and the well-known app labels we set ourselves.
 NEVER_COPIED_PREFIXES = ("argocd.argoproj.io/", "app.kubernetes.io/", "kopf.zalando.org/")
 
+# The canary strategy's second Deployment, <name>-canary, and the label on it and its pods.
+CANARY_SUFFIX = "-canary"
+TRACK_LABEL = f"{GROUP}/track"
+CANARY_TRACK = "canary"
+
 SERVER_PORT = 8080
 SERVICE_PORT = 80
 PORT_NAME = "http"

@@ -7,6 +7,7 @@ fields the operator owns; the API server's defaults are left to the API server.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -170,6 +171,23 @@ def deployment(spec: MnistModelSpec, owner: Owner, settings: OperatorSettings) -
     if spec.source is not None:  # which bytes the pods serve, for status
         deploy_spec["template"]["metadata"]["annotations"] = {storage.SHA256_ANNOTATION: spec.source.sha256}
     return _child(api.DEPLOYMENT, _metadata(owner, spec), deploy_spec)
+
+
+def canary_deployment(
+    spec: MnistModelSpec, owner: Owner, settings: OperatorSettings, replicas: int
+) -> dict[str, Any]:
+    """The canary strategy's second Deployment, `<name>-canary`, of `spec` (the version on trial).
+
+    Its pods carry the model's selector labels, so the one Service sends them their share of the
+    requests, plus the track label, which its own selector adds: the stable Deployment's selector
+    also matches them, but a Deployment only manages the ReplicaSets it owns.
+    """
+    obj = deployment(dataclasses.replace(spec, replicas=replicas, autoscaling=None), owner, settings)
+    obj["metadata"]["name"] = owner.name + api.CANARY_SUFFIX
+    obj["metadata"]["labels"][api.TRACK_LABEL] = api.CANARY_TRACK
+    obj["spec"]["selector"]["matchLabels"][api.TRACK_LABEL] = api.CANARY_TRACK
+    obj["spec"]["template"]["metadata"]["labels"][api.TRACK_LABEL] = api.CANARY_TRACK
+    return obj
 
 
 def _pod_spec(spec: MnistModelSpec, owner: Owner, settings: OperatorSettings) -> dict[str, Any]:

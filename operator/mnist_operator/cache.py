@@ -93,6 +93,8 @@ def pod_projection(body: Body) -> dict[str, Any]:
             "resourceVersion": meta.get("resourceVersion"),
             "deleting": bool(meta.get("deletionTimestamp")),
             "version": (meta.get("labels") or {}).get(api.LABEL_VERSION),
+            # A canary's pod (canary.py): judged on its own, never counted as the stable version's.
+            "canary": (meta.get("labels") or {}).get(api.TRACK_LABEL) == api.CANARY_TRACK,
             "sha256": (meta.get("annotations") or {}).get(SHA256_ANNOTATION),  # a version from storage
             "phase": status.get("phase"),
             "conditions": [
@@ -208,18 +210,22 @@ class Cache:
                     purged.append(ref[1:])
         return purged
 
-    def _indexed(self, kind: str, key: Key) -> Mapping[str, Any] | None:
+    def _indexed(self, kind: str, key: Key, name: str | None = None) -> Mapping[str, Any] | None:
+        """The object of `kind` indexed under `key` (an owner's), and named `name` if given (a
+        model's children are named after it, except its canary's Deployment)."""
         index = self._indexes.get(kind)
         if index is None:
             return None
         for body in index.get(key, ()):
-            return body
+            if name is None or _meta(body).get("name") == name:
+                return body
         return None
 
-    def get(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
-        """The newest known state of one object (children are indexed by their owner's key)."""
+    def get(self, kind: str, namespace: str, name: str, owner: str | None = None) -> Mapping[str, Any] | None:
+        """The newest known state of one object (children are indexed by their owner's key:
+        `owner` names the model when the child is not named after it)."""
         ref = (kind, namespace, name)
-        indexed = self._indexed(kind, (namespace, name))
+        indexed = self._indexed(kind, (namespace, owner or name), name)
         if ref in self._deleted:
             if indexed is None or resource_version(indexed) != self._deleted[ref]:
                 self._deleted.pop(ref)
@@ -252,11 +258,11 @@ class Cache:
         self._fresh[ref] = snapshot(obj, keep_replicas_owners=obj.get("kind") == api.DEPLOYMENT.kind)
         self._deleted.pop(ref, None)
 
-    def forget(self, kind: str, namespace: str, name: str) -> None:
+    def forget(self, kind: str, namespace: str, name: str, owner: str | None = None) -> None:
         """We deleted this object: hide it until the watch reports the deletion."""
         ref = (kind, namespace, name)
         self._fresh.pop(ref, None)
-        self._deleted[ref] = resource_version(self._indexed(kind, (namespace, name)))
+        self._deleted[ref] = resource_version(self._indexed(kind, (namespace, owner or name), name))
 
     def observe_deletion(self, body: Mapping[str, Any]) -> None:
         """The watch reports an object deleted: a write of ours older than that is stale."""
@@ -269,7 +275,8 @@ class Cache:
 
     def drop(self, namespace: str, name: str) -> None:
         """A MnistModel is gone: its overlay entries are no longer needed."""
-        for ref in [r for r in self._fresh if r[1:] == (namespace, name)]:
+        names = (name, name + api.CANARY_SUFFIX)
+        for ref in [r for r in self._fresh if r[1] == namespace and r[2] in names]:
             del self._fresh[ref]
-        for ref in [r for r in self._deleted if r[1:] == (namespace, name)]:
+        for ref in [r for r in self._deleted if r[1] == namespace and r[2] in names]:
             del self._deleted[ref]

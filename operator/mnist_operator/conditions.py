@@ -81,6 +81,12 @@ class Reason(StrEnum):
     MODEL_ACCESS_DENIED = "ModelAccessDenied"
     INVALID_MODEL_ARCHIVE = "InvalidModelArchive"
     MODEL_FETCH_FAILED = "ModelFetchFailed"
+    # Ready (and Progressing while it runs): the canary strategy (canary.py), and status.canary.reason
+    CANARY_PROGRESSING = "CanaryProgressing"
+    CANARY_PAUSED = "CanaryPaused"
+    CANARY_ROLLED_BACK = "CanaryRolledBack"
+    CANARY_ABORTED = "CanaryAborted"
+    CANARY_PROMOTED = "CanaryPromoted"
 
 
 class EventReason(StrEnum):
@@ -89,6 +95,8 @@ class EventReason(StrEnum):
     READY = "Ready"
     DEGRADED = "Degraded"
     ROLLOUT_STARTED = "RolloutStarted"
+    CANARY_STARTED = "CanaryStarted"
+    CANARY_STEP_PASSED = "CanaryStepPassed"
 
 
 # What the model fetcher reports (mnist_server.fetch.FetchReason; a test holds them equal).
@@ -140,6 +148,7 @@ QUIET_REASONS: frozenset[Reason] = frozenset(
         Reason.NOT_READY,
         Reason.PENDING,
         Reason.PODS_NOT_READY,
+        Reason.CANARY_PROGRESSING,  # its steps have Events of their own
     }
 )
 
@@ -158,5 +167,7 @@ TRANSIENT_REASONS: frozenset[Reason] = frozenset(
         Reason.PENDING,
         Reason.UNSCHEDULABLE,
         Reason.API_UNAVAILABLE,
+        Reason.CANARY_PROGRESSING,
+        Reason.CANARY_PAUSED,  # no verdict yet (too few requests, Prometheus unreachable)
     }
 )

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mnist_operator import api, builders, compare, policy
+from mnist_operator import analysis, api, builders, canary, compare, policy
 from mnist_operator.builders import Owner
 from mnist_operator.cache import Cache
-from mnist_operator.conditions import ConditionType, Reason
+from mnist_operator.conditions import STUCK_POD_REASONS, ConditionType, EventReason, Reason
 from mnist_operator.kube import ApiError, Discovery, KubeClient
 from mnist_operator.metrics import UNEXPECTED, Metrics
+from mnist_operator.prometheus import PrometheusClient, PrometheusError, measure
 from mnist_operator.settings import OperatorSettings
-from mnist_operator.spec import MnistModelSpec, SpecError, parse_spec
+from mnist_operator.spec import Canary, MnistModelSpec, SpecError, parse_spec
 from mnist_operator.status import (
     STATUS_KEYS,
     Event,
@@ -31,6 +32,7 @@ from mnist_operator.status import (
     Observed,
     Problem,
     compute_status,
+    pod_problems,
     rollout_state,
     transition_events,
 )
@@ -97,6 +99,20 @@ def policy_problems(verdict: policy.Verdict) -> tuple[Problem | None, dict[str, 
 
 
 @dataclass
+class CanaryPlan:
+    """What the canary strategy asks of one reconcile (see canary.py)."""
+
+    state: canary.State | None = None  # status.canary; None: leave it out
+    keep_stable: bool = False  # the stable Deployment is neither applied nor deleted
+    deployment: dict[str, Any] | None = None  # the canary Deployment to apply
+    delete: bool = False  # the canary Deployment is no longer wanted
+    ready: Problem | None = None  # Ready=False with this, unless something worse
+    progress: Problem | None = None  # Progressing=True with this
+    events: tuple[tuple[str, str, str], ...] = ()
+    run_again_in: float | None = None  # reconcile again then (a step's pause ends, a retry)
+
+
+@dataclass
 class Reconciler:
     settings: OperatorSettings
     client: KubeClient
@@ -109,6 +125,15 @@ class Reconciler:
     # Models refused a host another namespace holds (key -> host): reconciled again whenever a
     # Route or Ingress changes, so they get the host as soon as it is free.
     waiting_for_host: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The canary strategy: its clock, the Prometheus it asks (settings.prometheus_url) and how a
+    # model is reconciled again when a step's pause ends (the work queue's add_after).
+    clock: Callable[[], float] = time.time
+    prometheus: PrometheusClient | None = None
+    schedule: Callable[[tuple[str, str], float], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prometheus is None and self.settings.prometheus_url:
+            self.prometheus = PrometheusClient(self.settings.prometheus_url)
 
     async def __call__(self, key: tuple[str, str]) -> None:
         body = self.cache.model(*key)
@@ -147,6 +172,7 @@ class Reconciler:
             raise Requeue(f"API discovery failed: {exc}", delay=2) from exc
 
         verdict = policy.Verdict()
+        plan = CanaryPlan()
         if spec is not None:
             verdict = self._judge(spec, owner, capabilities)
             spec = verdict.effective(spec)  # what is carried out; status describes that
@@ -154,21 +180,29 @@ class Reconciler:
             if verdict.refuses(policy.Part.WORKLOAD):
                 kept.add(api.DEPLOYMENT.kind)
                 spec = self._as_running(spec, owner)
+            else:
+                plan = await self._canary(spec, owner, body)
+                if plan.keep_stable:
+                    kept.add(api.DEPLOYMENT.kind)
+                    spec = self._as_running(spec, owner)
             failure = await self._apply_children(spec, owner, capabilities, kept)
+            failure = await self._carry_out(plan, owner) or failure
         refused_workload, refused = policy_problems(verdict)
 
         exposure_kind = capabilities.exposure_kind
         observed = Observed(
             deployment=self.cache.get(api.DEPLOYMENT.kind, owner.namespace, owner.name),
-            pods=self.cache.pods(owner.namespace, owner.name),
+            # The stable version's pods (a canary's are judged by the canary strategy).
+            pods=[p for p in self.cache.pods(owner.namespace, owner.name) if not p.get("canary")],
             exposure=self.cache.get(exposure_kind.kind, owner.namespace, owner.name),
             service_monitor=(
                 self.cache.get(api.SERVICE_MONITOR.kind, owner.namespace, owner.name)
                 if capabilities.service_monitors
                 else None
             ),
-            problem=refused_workload or (failure.problem if failure else None),
+            problem=refused_workload or (failure.problem if failure else None) or plan.ready,
             refused=refused,
+            progress=plan.progress,
         )
         status = compute_status(
             spec=spec,
@@ -178,17 +212,224 @@ class Reconciler:
             previous=body.get("status"),
             now=self.now(),
         )
+        if plan.state is not None:
+            status["canary"] = plan.state.as_status()
         try:
-            await self._write_status(body, status)
+            await self._write_status(body, status, plan.events)
         except ApiError as exc:
             self.metrics.observe_error(Reason.API_UNAVAILABLE if exc.retryable else Reason.APPLY_FAILED)
             raise Requeue(f"could not write the status: {exc}", delay=2) from exc
 
+        if plan.run_again_in is not None and self.schedule is not None:
+            self.schedule(owner.key, plan.run_again_in)
         if failure is not None:
             self.metrics.observe_error(failure.problem.reason)
             if spec is None:
                 raise StopRetrying(failure.problem.message)
             raise Requeue(failure.problem.message, delay=failure.retry_after)
+
+    # --- the canary strategy (canary.py) ----------------------------------------------------
+
+    async def _canary(self, spec: MnistModelSpec, owner: Owner, body: Mapping[str, Any]) -> CanaryPlan:
+        ns, name = owner.namespace, owner.name
+        canary_name = canary.canary_name(name)
+        live_canary = self.cache.get(api.DEPLOYMENT.kind, ns, canary_name, owner=name)
+        has_canary = live_canary is not None and compare.controller_uid(live_canary) == owner.uid
+        settings = spec.rollout.canary
+        if settings is None:  # RollingUpdate: no canary, and no status of one
+            return CanaryPlan(delete=has_canary)
+        previous = canary.State.from_status((body.get("status") or {}).get("canary"))
+        stable = rollout_state(self.cache.get(api.DEPLOYMENT.kind, ns, name))
+        target = spec.model_version
+        if stable.template_version is None:  # the first Deployment: nothing to compare with
+            return CanaryPlan(state=previous, delete=has_canary)
+        if target == stable.template_version:
+            if previous is not None and previous.phase in canary.ACTIVE:
+                message = (
+                    f"the canary of version {previous.version} was aborted: spec.modelVersion is "
+                    f"{target}, the stable version, again"
+                )
+                ended = previous.replace(
+                    phase=canary.Phase.ABORTED, reason=Reason.CANARY_ABORTED, message=message
+                )
+                return CanaryPlan(
+                    state=ended, delete=has_canary, events=(("Normal", Reason.CANARY_ABORTED, message),)
+                )
+            # Promoted: the canary serves on until the stable Deployment has rolled out.
+            done = stable.rolled_out and not any(
+                p.get("version") != target for p in self.cache.pods(ns, name) if not p.get("canary")
+            )
+            return CanaryPlan(state=previous, delete=has_canary and done)
+
+        state = previous
+        events: list[tuple[str, str, str]] = []
+        if state is None or state.version != target or state.stable_version != stable.template_version:
+            state = canary.start(settings, target, stable.template_version)
+            events.append(
+                (
+                    "Normal",
+                    EventReason.CANARY_STARTED,
+                    f"version {target} on trial beside version {stable.template_version}: "
+                    f"{len(settings.steps)} steps, "
+                    + ", ".join(f"{s.weight} % for {s.pause_seconds} s" for s in settings.steps),
+                )
+            )
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        asked = canary.manual_action(annotations, target) if state.phase in canary.ACTIVE else None
+        if asked is canary.Phase.ABORTED:
+            message = f"the canary of version {target} was aborted by hand ({canary.ABORT_ANNOTATION})"
+            state = state.replace(phase=asked, reason=Reason.CANARY_ABORTED, message=message)
+            events.append(("Normal", Reason.CANARY_ABORTED, message))
+        elif asked is canary.Phase.PROMOTED:
+            message = (
+                f"version {target} was promoted by hand ({canary.PROMOTE_ANNOTATION}) at step {state.step}"
+            )
+            state = state.replace(phase=asked, reason=Reason.CANARY_PROMOTED, message=message)
+            events.append(("Normal", Reason.CANARY_PROMOTED, message))
+
+        if state.phase in canary.ENDED:
+            return CanaryPlan(
+                state=state,
+                keep_stable=True,
+                delete=has_canary,
+                ready=Problem(state.reason, f"{state.message}; version {state.stable_version} serves"),
+                events=tuple(events),
+            )
+        if state.phase is canary.Phase.PROMOTED:  # the stable Deployment rolls to the new version
+            return CanaryPlan(state=state, events=tuple(events))
+        return await self._canary_step(
+            spec, owner, settings, state=state, live_canary=live_canary, events=events
+        )
+
+    async def _canary_step(
+        self,
+        spec: MnistModelSpec,
+        owner: Owner,
+        settings: Canary,
+        *,
+        state: canary.State,
+        live_canary: Mapping[str, Any] | None,
+        events: list[tuple[str, str, str]],
+    ) -> CanaryPlan:
+        ns, name = owner.namespace, owner.name
+        stable_live = self.cache.get(api.DEPLOYMENT.kind, ns, name) or {}
+        stable_replicas = int((stable_live.get("spec") or {}).get("replicas", spec.min_replicas))
+        replicas = canary.canary_replicas(state.weight, stable_replicas)
+        state = state.replace(traffic_weight=canary.traffic_weight(replicas, stable_replicas))
+        wanted = builders.canary_deployment(spec, owner, self.settings, replicas)
+        pods = [p for p in self.cache.pods(ns, name) if p.get("canary") and not p.get("deleting")]
+        stuck = [p for p in pod_problems(pods) if p.reason in STUCK_POD_REASONS]
+        if stuck:
+            message = (
+                f"version {state.version} rolled back at step {state.step}: its pod {stuck[0].pod} is "
+                f"{stuck[0].reason}: {stuck[0].message}"
+            )
+            state = state.replace(
+                phase=canary.Phase.ROLLED_BACK, reason=Reason.CANARY_ROLLED_BACK, message=message
+            )
+            return CanaryPlan(
+                state=state,
+                keep_stable=True,
+                delete=live_canary is not None,
+                ready=Problem(state.reason, f"{message}; version {state.stable_version} serves"),
+                events=(*events, ("Warning", Reason.CANARY_ROLLED_BACK, message)),
+            )
+        running = rollout_state(live_canary)
+        ready = (
+            running.rolled_out
+            and running.desired == replicas
+            and running.template_version == state.version
+            and sum(1 for p in pods if p.get("version") == state.version and _pod_ready(p)) >= replicas
+        )
+        now = self.clock()
+        step = canary.tick(state, settings, ready=ready, now=now)
+        state = step.state
+        run_again: float | None = None
+        if step.due_in is not None and step.due_in > 0:
+            run_again = step.due_in + 0.5
+        elif step.due_in is not None:
+            if self.prometheus is None:
+                state = canary.unreachable(
+                    state, "no Prometheus to ask (set MNIST_OPERATOR_PROMETHEUS_URL)", now
+                )
+            else:
+                try:
+                    canary_side, stable_side = await measure(
+                        self.prometheus, ns, name, window=step.window, at=now
+                    )
+                except PrometheusError as exc:
+                    state = canary.unreachable(state, str(exc), now)
+                else:
+                    verdict = analysis.judge(canary_side, stable_side, settings.analysis)
+                    outcome = canary.after_verdict(state, settings, verdict, now)
+                    state = outcome.state
+                    events.extend(outcome.events)
+            if state.phase is canary.Phase.PAUSED:
+                if state.reason != step.state.reason or step.state.phase is not canary.Phase.PAUSED:
+                    events.append(("Warning", Reason.CANARY_PAUSED, state.message))
+                run_again = canary.RETRY_SECONDS
+            elif state.phase is canary.Phase.ROLLED_BACK:
+                return CanaryPlan(
+                    state=state,
+                    keep_stable=True,
+                    delete=True,
+                    ready=Problem(state.reason, f"{state.message}; version {state.stable_version} serves"),
+                    events=tuple(events),
+                )
+            elif state.phase is canary.Phase.PROMOTED:
+                return CanaryPlan(state=state, events=tuple(events))
+            else:  # the next step: the canary grows
+                next_replicas = canary.canary_replicas(state.weight, stable_replicas)
+                state = state.replace(traffic_weight=canary.traffic_weight(next_replicas, stable_replicas))
+                wanted = builders.canary_deployment(spec, owner, self.settings, next_replicas)
+        reason = Reason.CANARY_PAUSED if state.phase is canary.Phase.PAUSED else Reason.CANARY_PROGRESSING
+        problem = Problem(reason, state.message)
+        return CanaryPlan(
+            state=state,
+            keep_stable=True,
+            deployment=wanted,
+            ready=problem,
+            progress=problem,
+            events=tuple(events),
+            run_again_in=run_again,
+        )
+
+    async def _carry_out(self, plan: CanaryPlan, owner: Owner) -> Failure | None:
+        name = canary.canary_name(owner.name)
+        if plan.deployment is not None:
+            try:
+                live = self.cache.get(api.DEPLOYMENT.kind, owner.namespace, name, owner=owner.name)
+                if live is None:
+                    live = await self.client.get(api.DEPLOYMENT, owner.namespace, name)
+                if live is not None and compare.controller_uid(live) != owner.uid:
+                    return Failure(
+                        Problem(
+                            Reason.CHILD_CONFLICT,
+                            f"a Deployment named {name} already exists and is not controlled by this "
+                            f"MnistModel: delete or rename it (the canary needs the name)",
+                        ),
+                        10,
+                    )
+                wanted = compare.stamp(plan.deployment)
+                if compare.needs_apply(wanted, live):
+                    logger.info("%s/%s: applying the canary Deployment", owner.namespace, owner.name)
+                    self.cache.remember(await self.client.apply(wanted))
+            except ApiError as exc:
+                return classify(exc, "apply", "Deployment")
+        elif plan.delete:
+            live = self.cache.get(api.DEPLOYMENT.kind, owner.namespace, name, owner=owner.name)
+            if live is None:
+                return None
+            logger.info("%s/%s: deleting the canary Deployment", owner.namespace, owner.name)
+            try:
+                await self.client.delete(
+                    api.DEPLOYMENT, owner.namespace, name, (live.get("metadata") or {}).get("uid")
+                )
+            except ApiError as exc:
+                if exc.status != 404:
+                    return classify(exc, "delete", "Deployment")
+            self.cache.forget(api.DEPLOYMENT.kind, owner.namespace, name, owner=owner.name)
+        return None
 
     def _judge(self, spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities) -> policy.Verdict:
         verdict = policy.evaluate(spec, owner.namespace, self.settings, capabilities, self.host_claims)
@@ -301,7 +542,9 @@ class Reconciler:
             manager=api.HANDOVER_FIELD_MANAGER,
         )
 
-    async def _write_status(self, body: Mapping[str, Any], status: MnistModelStatus) -> None:
+    async def _write_status(
+        self, body: Mapping[str, Any], status: MnistModelStatus, extra: tuple[tuple[str, str, str], ...] = ()
+    ) -> None:
         current = body.get("status") or {}
         if all(current.get(k) == status.get(k) for k in STATUS_KEYS):
             return
@@ -316,6 +559,7 @@ class Reconciler:
             return
         self.cache.remember(updated)
         events = transition_events(current.get("conditions") or [], status.get("conditions") or [])
+        events += [Event(*e) for e in extra]  # the canary's: posted once its state is stored
         await asyncio.gather(*(self._post_event(updated, event) for event in events))
 
     async def _post_event(self, model: Mapping[str, Any], event: Event) -> None:
@@ -326,3 +570,7 @@ class Reconciler:
             logger.warning(
                 "%s/%s: could not post the %s event: %s", meta["namespace"], meta["name"], event.reason, exc
             )
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("conditions") or [])

@@ -115,6 +115,8 @@ class Operator:
             stall_after=settings.queue_stall_seconds,
             metrics=metrics,
         )
+        # A canary step's pause ends: its model is reconciled then, with no event needed.
+        self.reconciler.schedule = self.queue.add_after
         self._resync: asyncio.Task[None] | None = None
         self._rechecks: set[asyncio.TimerHandle] = set()
         # Whether this replica reconciles: at once without leader election, else while it holds
@@ -178,6 +180,8 @@ class Operator:
         await self.queue.stop()
         if self._election is not None:
             await self._election.stop()  # nothing writes any more: it releases the Lease
+        if self.reconciler.prometheus is not None:
+            await self.reconciler.prometheus.close()
         await self.client.close()
 
     # The elector's callbacks, called on its thread: the work happens on the operator's loop.

@@ -8,6 +8,7 @@ table in docs/operator.md, as the model server's settings are. To add a setting:
 from __future__ import annotations
 
 import dataclasses
+import re
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -86,6 +87,10 @@ class OperatorSettings:
     # the namespace's own PersistentVolumeClaims. Any by default: what is served is only ever the
     # pinned digest; this bounds where the pods connect (and which store sees the access key ID).
     allowed_model_sources: tuple[str, ...] = (policy.ANY,)
+    # Where the canary strategy asks for the model servers' metrics (a Prometheus HTTP API base URL,
+    # e.g. http://prometheus-operated.monitoring.svc:9090); empty: a canary pauses at its first
+    # verdict with the reason, and never promotes blind.
+    prometheus_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
@@ -198,6 +203,13 @@ def _namespaces(raw: str) -> tuple[str, ...]:
 
 _PORT = _integer(0, 65535, "not a TCP port")
 
+
+def _http_url(raw: str) -> str:
+    if not re.match(r"^https?://[^/?#@\s]+(/[^\s?#]*)?$", raw):
+        raise ValueError("expected an http:// or https:// URL such as http://prometheus:9090")
+    return raw.rstrip("/")
+
+
 # The one table of settings: from_env, `mnist-operator --help` and the table in docs/operator.md
 # (a test holds it to this) all come from it.
 VARIABLES: tuple[Variable, ...] = (
@@ -294,6 +306,12 @@ VARIABLES: tuple[Variable, ...] = (
         "where spec.source may fetch from: URL prefixes http(s)://host[:port][/path] of archives and of "
         "S3 objects (endpoint/bucket/key), pvc for the namespace's PersistentVolumeClaims "
         "(comma-separated; none: no source; *: any)",
+    ),
+    Variable(
+        "prometheus_url",
+        _http_url,
+        "base URL of the Prometheus HTTP API the canary strategy judges canaries with (empty: none, "
+        "so a canary pauses at its first verdict)",
     ),
 )
 

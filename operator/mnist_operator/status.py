@@ -49,6 +49,7 @@ class MnistModelStatus(TypedDict, total=False):
     readyReplicas: int
     selector: str
     conditions: list[dict[str, Any]]
+    canary: dict[str, Any]  # the canary strategy's state (canary.py); left out without one
 
 
 STATUS_KEYS: tuple[str, ...] = tuple(MnistModelStatus.__annotations__)
@@ -82,6 +83,9 @@ class Observed:
     # What the operator's policy refused (and so did not apply), by the condition that says so:
     # ExposureReady, MonitoringReady.
     refused: Mapping[str, Problem] = field(default_factory=dict)
+    # A canary under way: Progressing is True with this reason and message (the stable
+    # Deployment, which Progressing otherwise follows, does not change meanwhile).
+    progress: Problem | None = None
 
 
 @dataclass(frozen=True)
@@ -536,6 +540,8 @@ def conditions_for(
     problems = pod_problems(observed.pods)
     deadline = spec.rollout.progress_deadline_seconds if spec is not None else None
     progressing = progressing_condition(rollout, spec, deadline, problems)
+    if observed.progress is not None:
+        progressing = Condition(PROGRESSING, TRUE, observed.progress.reason, observed.progress.message)
     available = available_condition(rollout, problems)
     if spec is None:
         reason = observed.problem.reason if observed.problem else Reason.INVALID_SPEC
