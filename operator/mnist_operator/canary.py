@@ -150,6 +150,24 @@ class State:
         return State(**values)
 
 
+# Every field of status.canary (as_status leaves out those without a value).
+STATUS_FIELDS = (
+    "phase",
+    "version",
+    "stableVersion",
+    "step",
+    "steps",
+    "weight",
+    "trafficWeight",
+    "trafficSplit",
+    "stepStartedAt",
+    "analyzedAt",
+    "reason",
+    "message",
+    "checks",
+)
+
+
 def start(canary: Canary, version: str, stable_version: str) -> State:
     first = canary.steps[0]
     return State(

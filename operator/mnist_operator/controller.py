@@ -21,7 +21,7 @@ from mnist_operator.builders import Owner
 from mnist_operator.cache import Cache
 from mnist_operator.conditions import STUCK_POD_REASONS, ConditionType, EventReason, Reason
 from mnist_operator.kube import ApiError, Discovery, KubeClient
-from mnist_operator.metrics import UNEXPECTED, Metrics
+from mnist_operator.metrics import CANARY_ACTIVE_PHASES, CANARY_RESULTS, UNEXPECTED, Metrics
 from mnist_operator.prometheus import PrometheusClient, PrometheusError, measure
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.spec import Canary, MnistModelSpec, SpecError, parse_spec
@@ -105,7 +105,9 @@ class CanaryPlan:
     state: canary.State | None = None  # status.canary; None: leave it out
     keep_stable: bool = False  # the stable Deployment is neither applied nor deleted
     deployment: dict[str, Any] | None = None  # the canary Deployment to apply
-    delete: bool = False  # the canary Deployment is no longer wanted
+    # The canary is over: its Deployment is scaled to 0 (kept, so that the operator needs no
+    # delete permission on Deployments; the garbage collector deletes it with the model).
+    delete: bool = False
     ready: Problem | None = None  # Ready=False with this, unless something worse
     progress: Problem | None = None  # Progressing=True with this
     events: tuple[tuple[str, str, str], ...] = ()
@@ -131,9 +133,38 @@ class Reconciler:
     prometheus: PrometheusClient | None = None
     schedule: Callable[[tuple[str, str], float], None] | None = None
 
+    # The phase of each model's canary under way (for mnist_operator_canaries).
+    canary_phases: dict[tuple[str, str], str] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         if self.prometheus is None and self.settings.prometheus_url:
             self.prometheus = PrometheusClient(self.settings.prometheus_url)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """A model is gone: its canary no longer counts."""
+        if self.canary_phases.pop(key, None) is not None:
+            self._count_canaries()
+
+    def _count_canaries(self) -> None:
+        for phase in CANARY_ACTIVE_PHASES:
+            self.metrics.canaries.labels(phase=phase).set(
+                sum(1 for p in self.canary_phases.values() if p == phase)
+            )
+
+    def _observe_canary(self, key: tuple[str, str], before: Any, state: canary.State | None) -> None:
+        phase = str(state.phase) if state is not None else None
+        if phase in CANARY_ACTIVE_PHASES:
+            self.canary_phases[key] = phase
+        else:
+            self.canary_phases.pop(key, None)
+        self._count_canaries()
+        if (
+            state is not None
+            and phase in CANARY_RESULTS
+            and isinstance(before, Mapping)
+            and (before.get("phase"), before.get("version")) != (phase, state.version)
+        ):
+            self.metrics.canary_outcomes.labels(result=phase).inc()
 
     async def __call__(self, key: tuple[str, str]) -> None:
         body = self.cache.model(*key)
@@ -186,7 +217,7 @@ class Reconciler:
                     kept.add(api.DEPLOYMENT.kind)
                     spec = self._as_running(spec, owner)
             failure = await self._apply_children(spec, owner, capabilities, kept)
-            failure = await self._carry_out(plan, owner) or failure
+            failure = await self._carry_out(plan, spec, owner) or failure
         refused_workload, refused = policy_problems(verdict)
 
         exposure_kind = capabilities.exposure_kind
@@ -212,8 +243,22 @@ class Reconciler:
             previous=body.get("status"),
             now=self.now(),
         )
+        self._observe_canary(owner.key, (body.get("status") or {}).get("canary") or {}, plan.state)
         if plan.state is not None:
             status["canary"] = plan.state.as_status()
+            before = (body.get("status") or {}).get("canary") or {}
+            if {k: before.get(k) for k in ("version", "phase", "step")} != {
+                k: status["canary"].get(k) for k in ("version", "phase", "step")
+            }:
+                logger.info(
+                    "%s/%s: canary of version %s %s at step %d: %s",
+                    owner.namespace,
+                    owner.name,
+                    plan.state.version,
+                    plan.state.phase,
+                    plan.state.step,
+                    plan.state.message,
+                )
         try:
             await self._write_status(body, status, plan.events)
         except ApiError as exc:
@@ -394,9 +439,17 @@ class Reconciler:
             run_again_in=run_again,
         )
 
-    async def _carry_out(self, plan: CanaryPlan, owner: Owner) -> Failure | None:
+    async def _carry_out(self, plan: CanaryPlan, spec: MnistModelSpec, owner: Owner) -> Failure | None:
         name = canary.canary_name(owner.name)
-        if plan.deployment is not None:
+        wanted = plan.deployment
+        if wanted is None and plan.delete:
+            live = self.cache.get(api.DEPLOYMENT.kind, owner.namespace, name, owner=owner.name)
+            version = rollout_state(live).template_version
+            if live is None or version is None:
+                return None
+            ended = dataclasses.replace(spec, model_version=version)
+            wanted = builders.canary_deployment(ended, owner, self.settings, 0)
+        if wanted is not None:
             try:
                 live = self.cache.get(api.DEPLOYMENT.kind, owner.namespace, name, owner=owner.name)
                 if live is None:
@@ -410,25 +463,17 @@ class Reconciler:
                         ),
                         10,
                     )
-                wanted = compare.stamp(plan.deployment)
-                if compare.needs_apply(wanted, live):
-                    logger.info("%s/%s: applying the canary Deployment", owner.namespace, owner.name)
-                    self.cache.remember(await self.client.apply(wanted))
+                stamped = compare.stamp(wanted)
+                if compare.needs_apply(stamped, live):
+                    logger.info(
+                        "%s/%s: applying the canary Deployment (%s replicas)",
+                        owner.namespace,
+                        owner.name,
+                        stamped["spec"].get("replicas"),
+                    )
+                    self.cache.remember(await self.client.apply(stamped))
             except ApiError as exc:
                 return classify(exc, "apply", "Deployment")
-        elif plan.delete:
-            live = self.cache.get(api.DEPLOYMENT.kind, owner.namespace, name, owner=owner.name)
-            if live is None:
-                return None
-            logger.info("%s/%s: deleting the canary Deployment", owner.namespace, owner.name)
-            try:
-                await self.client.delete(
-                    api.DEPLOYMENT, owner.namespace, name, (live.get("metadata") or {}).get("uid")
-                )
-            except ApiError as exc:
-                if exc.status != 404:
-                    return classify(exc, "delete", "Deployment")
-            self.cache.forget(api.DEPLOYMENT.kind, owner.namespace, name, owner=owner.name)
         return None
 
     def _judge(self, spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities) -> policy.Verdict:
@@ -549,6 +594,10 @@ class Reconciler:
         if all(current.get(k) == status.get(k) for k in STATUS_KEYS):
             return
         patch: dict[str, Any] = {k: status.get(k) for k in STATUS_KEYS}  # None removes a field
+        if patch.get("canary") is not None:
+            # A merge patch merges objects: a key the new state leaves out must be sent as null,
+            # or the last canary's stepStartedAt (say) would live on in the next one's.
+            patch["canary"] = {k: patch["canary"].get(k) for k in canary.STATUS_FIELDS}
         meta = body["metadata"]
         updated = await self.client.patch_status(meta["namespace"], meta["name"], patch)
         if updated is None:

@@ -278,6 +278,7 @@ class Operator:
                     self.enqueue_owner(key)
 
     def model_gone(self, key: tuple[str, str]) -> None:
+        self.reconciler.forget(key)
         self.queue.forget(key)
         self.cache.drop(*key)
         self.reconciler.waiting_for_host.pop(key, None)

@@ -13,6 +13,9 @@ from mnist_operator.conditions import FAILURE_REASONS
 RESULTS = ("success", "retry", "error")
 UNEXPECTED = "Unexpected"
 ERROR_REASONS = (*sorted(FAILURE_REASONS), UNEXPECTED)
+# The canary strategy's phases (canary.Phase): under way, and how one ends.
+CANARY_ACTIVE_PHASES = ("Progressing", "Paused")
+CANARY_RESULTS = ("Promoted", "RolledBack", "Aborted")
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,17 @@ class Metrics:
     worker_restarts: Counter
     cache_purged: Counter
     leader: Gauge
+    canaries: Gauge
+    canary_outcomes: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
+        metrics = cls._create(registry)
+        metrics.start_canary_series()
+        return metrics
+
+    @classmethod
+    def _create(cls, registry: CollectorRegistry) -> Metrics:
         return cls(
             reconciles=Counter(
                 "mnist_operator_reconciles_total",
@@ -90,6 +101,19 @@ class Metrics:
                 "election), else 0 (a standby).",
                 registry=registry,
             ),
+            canaries=Gauge(
+                "mnist_operator_canaries",
+                "MnistModels with a canary under way, by phase (Progressing, or Paused: no verdict "
+                "yet, too few requests or Prometheus unreachable).",
+                ["phase"],
+                registry=registry,
+            ),
+            canary_outcomes=Counter(
+                "mnist_operator_canary_outcomes_total",
+                "Canaries that ended, by result (Promoted, RolledBack, Aborted).",
+                ["result"],
+                registry=registry,
+            ),
         )
 
     def watch_queue(self, *, depth: Callable[[], float], oldest_age: Callable[[], float]) -> None:
@@ -102,3 +126,10 @@ class Metrics:
 
     def observe_error(self, reason: str) -> None:
         self.errors.labels(reason=str(reason) if reason in ERROR_REASONS else UNEXPECTED).inc()
+
+    def start_canary_series(self) -> None:
+        """Every canary series at 0 from the start, so increase() and the alerts see the first."""
+        for phase in CANARY_ACTIVE_PHASES:
+            self.canaries.labels(phase=phase).set(0)
+        for result in CANARY_RESULTS:
+            self.canary_outcomes.labels(result=result)

@@ -123,6 +123,7 @@ class World:
         self.clock = 1_700_000_000.0
         self.scheduled: list[float] = []
         self.answers: list[tuple[Side, Side] | PrometheusError] = []
+        self.registry = CollectorRegistry()
         self.reconciler = self.new_reconciler()
 
         async def measure(*_: Any, window: int, at: float) -> tuple[Side, Side]:
@@ -134,12 +135,13 @@ class World:
         monkeypatch.setattr(controller, "measure", measure)
 
     def new_reconciler(self) -> Reconciler:
+        self.registry = CollectorRegistry()  # a new process's
         reconciler = Reconciler(
             OperatorSettings(prometheus_url="http://prometheus.test:9090"),
             self.client,  # type: ignore[arg-type]
             Discovery(self.client, ttl=0),  # type: ignore[arg-type]
             self.cache,
-            Metrics.create(CollectorRegistry()),
+            Metrics.create(self.registry),
             now=lambda: NOW,
             clock=lambda: self.clock,
             schedule=lambda key, delay: self.scheduled.append(delay),
@@ -169,6 +171,10 @@ class World:
 
     def deployment(self, name: str = "digits") -> dict[str, Any] | None:
         return self.client.objects.get(("Deployment", "ml", name))
+
+    def canary_pods_wanted(self) -> int:
+        dep = self.deployment("digits-canary")
+        return -1 if dep is None else int(dep["spec"]["replicas"])
 
     def roll_out(self, name: str) -> None:
         """The Deployment controller and the kubelet: every replica of the template ready."""
@@ -205,6 +211,9 @@ class World:
             for i in range(replicas)
         ]
         self.indexes.sync()
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.client.objects[(api.KIND, "ml", "digits")]["status"]
@@ -253,6 +262,7 @@ async def test_a_new_version_starts_a_canary_beside_the_untouched_stable_deploym
     assert status["modelVersion"] == "1"
     assert world.ready()["reason"] == "CanaryProgressing"
     assert ("Normal", "CanaryStarted") in world.client.events
+    assert world.metric("mnist_operator_canaries", phase="Progressing") == 1
 
 
 @pytest.mark.asyncio
@@ -277,10 +287,10 @@ async def test_a_good_canary_is_promoted_through_every_step(world: World) -> Non
     assert world.status()["canary"]["phase"] == "Promoted"
     stable = world.deployment()
     assert stable is not None and stable["spec"]["template"]["metadata"]["labels"][api.LABEL_VERSION] == "2"
-    assert world.deployment("digits-canary") is not None  # it serves until the stable one rolled out
+    assert world.canary_pods_wanted() == 4  # it serves until the stable one rolled out
     world.roll_out("digits")
     await world.reconcile()
-    assert world.deployment("digits-canary") is None
+    assert world.canary_pods_wanted() == 0
     world.indexes.pods = [p for p in world.indexes.pods if not p["canary"]]
     await world.reconcile()
     assert world.status()["modelVersion"] == "2" and world.ready()["status"] == "True"
@@ -299,13 +309,15 @@ async def test_a_guessing_canary_is_rolled_back_and_the_stable_version_never_cha
     status = world.status()
     assert status["canary"]["phase"] == "RolledBack"
     assert "confidenceDivergence" in status["canary"]["message"]
-    assert world.deployment("digits-canary") is None
+    assert world.canary_pods_wanted() == 0
     assert world.deployment() == stable_before
     assert world.ready()["reason"] == "CanaryRolledBack" and "version 1 serves" in world.ready()["message"]
     assert ("Warning", "CanaryRolledBack") in world.client.events
     writes = len(world.client.writes)
     await world.reconcile()  # it stays rolled back: nothing more is written
     assert len(world.client.writes) == writes
+    assert world.metric("mnist_operator_canary_outcomes_total", result="RolledBack") == 1  # once
+    assert world.metric("mnist_operator_canaries", phase="Progressing") == 0
 
 
 @pytest.mark.asyncio
@@ -372,14 +384,14 @@ async def test_abort_by_hand_or_by_reverting_the_version(world: World) -> None:
     await started_canary(world)
     world.apply_model("2", **{canary.ABORT_ANNOTATION: "2"})
     await world.reconcile()
-    assert world.status()["canary"]["phase"] == "Aborted" and world.deployment("digits-canary") is None
+    assert world.status()["canary"]["phase"] == "Aborted" and world.canary_pods_wanted() == 0
     assert world.ready()["reason"] == "CanaryAborted"
     world.apply_model("3")  # a new version: a new canary, the old abort does not apply
     await world.reconcile()
     assert world.status()["canary"]["phase"] == "Progressing" and world.status()["canary"]["version"] == "3"
     world.apply_model("1")  # reverted in git
     await world.reconcile()
-    assert world.status()["canary"]["phase"] == "Aborted" and world.deployment("digits-canary") is None
+    assert world.status()["canary"]["phase"] == "Aborted" and world.canary_pods_wanted() == 0
     assert world.ready()["status"] == "True"
 
 
@@ -411,10 +423,40 @@ async def test_switching_back_to_rolling_update_removes_the_canary(world: World)
     body = world.client.objects[(api.KIND, "ml", "digits")]
     body["spec"]["rollout"] = {}
     await world.reconcile()
-    assert world.deployment("digits-canary") is None
+    assert world.canary_pods_wanted() == 0
     assert "canary" not in world.status()
     stable = world.deployment()
     assert stable is not None and stable["spec"]["template"]["metadata"]["labels"][api.LABEL_VERSION] == "2"
+
+
+def test_every_field_of_the_status_is_listed_for_the_merge_patch() -> None:
+    state = canary.after_verdict(
+        canary.tick(canary.start(STEPS, "2", "1"), STEPS, ready=True, now=1_700_000_000).state,
+        STEPS,
+        verdict(Result.INCONCLUSIVE),
+        now=1_700_000_061,
+    ).state
+    assert set(state.as_status()) == set(canary.STATUS_FIELDS)
+
+
+@pytest.mark.asyncio
+async def test_a_new_canary_keeps_nothing_of_the_last_one_in_a_merge_patched_status(world: World) -> None:
+    await started_canary(world)
+    # The canary of version 2 had started its window when version 3 replaces it.
+    world.client.objects[(api.KIND, "ml", "digits")]["status"]["canary"]["stepStartedAt"] = (
+        "2023-01-01T00:00:00Z"
+    )
+    world.apply_model("3")
+    patches: list[dict[str, Any]] = []
+    patch_status = world.client.patch_status
+
+    async def recording(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+        patches.append(copy.deepcopy(dict(status)))
+        return await patch_status(namespace, name, status)
+
+    world.client.patch_status = recording  # type: ignore[method-assign]
+    await world.reconcile()
+    assert patches and patches[-1]["canary"]["stepStartedAt"] is None  # sent as null: removed
 
 
 def test_default_analysis_is_used_when_the_spec_gives_none() -> None:
