@@ -98,7 +98,7 @@ def test_promtool_checks_and_unit_tests_the_rules(tmp_path: Path) -> None:
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 9 rules found" in check.stdout
+    assert "SUCCESS: 11 rules found" in check.stdout
     tested = subprocess.run(
         [PROMTOOL, "test", "rules", "tests.yaml"],
         cwd=tmp_path,
@@ -123,6 +123,8 @@ def test_every_alert_has_a_unit_test_and_a_runbook() -> None:
         "MnistOperatorWorkQueueStuck",
         "MnistOperatorNoLeader",
         "MnistOperatorSeveralLeaders",
+        "MnistModelCanaryRolledBack",
+        "MnistModelCanaryStuck",
     }
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
     firing = {
