@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -47,7 +48,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> CanaryModels:
     return trained
 
 
-def start_server(root: Path, version: str, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
+def start_server(
+    root: Path, version: str, log: Path, *, ready: bool = True
+) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     env = {
         **os.environ,
@@ -61,26 +64,43 @@ def start_server(root: Path, version: str, log: Path) -> tuple[str, subprocess.P
         process = subprocess.Popen([str(SERVER_SCRIPT)], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
-    def ready() -> bool | None:
+    def healthy() -> bool | None:
         if process.poll() is not None:
             pytest.fail(f"mnist-server exited with {process.returncode}:\n{log.read_text()}")
         try:
-            return True if requests.get(f"{url}/readyz", timeout=2).status_code == 200 else None
+            answer = requests.get(f"{url}/readyz", timeout=2)
         except requests.RequestException:
             return None
+        if not ready:  # a model that cannot load: up, but failed (503 load_failed)
+            return True if answer.status_code == 503 and "load_failed" in answer.text else None
+        return True if answer.status_code == 200 else None
 
-    wait_for(ready, f"mnist-server version {version} /readyz", timeout=180, interval=0.3)
+    wait_for(healthy, f"mnist-server version {version} /readyz", timeout=180, interval=0.3)
     return url, process
+
+
+BROKEN = "9"
 
 
 @pytest.fixture(scope="module")
 def servers(models: CanaryModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """stable (good version 1), good (version 2) and bad (shuffled labels) canaries."""
+    """stable (good version 1), good (version 2), bad (shuffled labels) and broken canaries (a
+    version whose model files are damaged: the server runs, and answers every prediction 503)."""
+    broken = models.root / "mnist" / BROKEN
+    shutil.copytree(models.root / "mnist" / models.good[0], broken)
+    for name in ("model.onnx", "saved_model.pb"):
+        (broken / name).write_bytes(b"not a model")
     logs = tmp_path_factory.mktemp("canary-servers")
     started: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     try:
-        for role, version in (("stable", models.good[0]), ("good", models.good[1]), ("bad", models.bad)):
-            started[role] = start_server(models.root, version, logs / f"{role}.log")
+        roles = (
+            ("stable", models.good[0]),
+            ("good", models.good[1]),
+            ("bad", models.bad),
+            ("broken", BROKEN),
+        )
+        for role, version in roles:
+            started[role] = start_server(models.root, version, logs / f"{role}.log", ready=role != "broken")
         yield {role: url for role, (url, _) in started.items()}
     finally:
         for _, process in started.values():
@@ -96,6 +116,8 @@ def prometheus(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         "digits-canary": (servers["good"], "digits-canary-6d8f9c7b5-q8f2m"),
         "guess-stable": (servers["stable"], "guess-7b8c9d6f5-a1b2c"),
         "guess-canary": (servers["bad"], "guess-canary-8c9d7f6b4-z9y8x"),
+        "broken-stable": (servers["stable"], "broken-6b7c8d9f5-k3l4m"),
+        "broken-canary": (servers["broken"], "broken-canary-5f6b7c8d9-n5p6q"),
     }
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -206,3 +228,35 @@ def test_prometheus_unreachable_is_an_error_not_a_verdict() -> None:
 
     with pytest.raises(PrometheusError, match="could not be reached"):
         asyncio.run(run())
+
+
+def test_a_version_that_fails_its_requests_fails_the_error_rate_check(
+    prometheus: Prometheus, servers: dict[str, str], models: CanaryModels
+) -> None:
+    started = time.time()
+    send(servers["stable"], models, 900)
+    codes = []
+    for image in models.test.images[:300]:
+        codes.append(
+            requests.post(
+                f"{servers['broken']}/predict", json={"inputs": image.tolist()}, timeout=10
+            ).status_code
+        )
+    assert set(codes) == {503}
+    wait_for(
+        lambda: scraped_5xx(prometheus, "broken-canary-5f6b7c8d9-n5p6q", 300), "the 503s scraped", timeout=30
+    )
+    time.sleep(2)
+    verdict = judged(prometheus, "broken", int(time.time() - started) + 5)
+    assert verdict.result is analysis.Result.FAIL, verdict.summary
+    assert {c.name for c in verdict.failed} == {analysis.CheckName.ERROR_RATE}, verdict.summary
+    rate = next(c for c in verdict.checks if c.name is analysis.CheckName.ERROR_RATE)
+    assert rate.canary == pytest.approx(1.0)
+    # It answered nothing: no distribution of predictions to compare (no verdict on those alone).
+    behaviour = {c.name: c.result for c in verdict.checks}
+    assert behaviour[analysis.CheckName.DIGIT_DIVERGENCE] is analysis.Result.INCONCLUSIVE
+
+
+def scraped_5xx(prometheus: Prometheus, pod: str, at_least: int) -> bool:
+    rows = prometheus.query(f'sum(mnist_server_requests_total{{pod="{pod}",status_class="5xx"}})')
+    return bool(rows) and float(rows[0]["value"][1]) >= at_least
