@@ -12,7 +12,8 @@ from kmock import RawHandler, Request
 from mnist_operator import api
 from mnist_operator.kube import ApiError, Discovery, KubeClient
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.kmock(cls=RawHandler)]
+# The async tests are marked one by one: a module-wide asyncio mark warns on the plain test below.
+pytestmark = [pytest.mark.kmock(cls=RawHandler)]
 
 
 def status(reason: str, message: str) -> dict[str, str]:
@@ -61,6 +62,7 @@ def client_for(url: str, tokens: list[str], writes: list[tuple[str, str]] | None
     )
 
 
+@pytest.mark.asyncio
 async def test_apply_is_a_server_side_apply_with_our_field_manager(server: RawHandler) -> None:
     writes: list[tuple[str, str]] = []
     client = client_for(str(server.url), ["good"], writes)
@@ -80,6 +82,7 @@ async def test_apply_is_a_server_side_apply_with_our_field_manager(server: RawHa
     assert writes == [("patch", "Deployment")]
 
 
+@pytest.mark.asyncio
 async def test_status_is_a_merge_patch_of_the_subresource(server: RawHandler) -> None:
     client = client_for(str(server.url), ["good"])
     await client.patch_status("ns", "m", {"url": None, "replicas": 1})
@@ -90,6 +93,7 @@ async def test_status_is_a_merge_patch_of_the_subresource(server: RawHandler) ->
     assert json.loads(req.body) == {"status": {"url": None, "replicas": 1}}
 
 
+@pytest.mark.asyncio
 async def test_errors_carry_status_and_reason_and_404_reads_as_absent(server: RawHandler) -> None:
     client = client_for(str(server.url), ["good"])
     assert await client.get(api.SERVICE, "ns", "missing") is None
@@ -108,6 +112,7 @@ async def test_errors_carry_status_and_reason_and_404_reads_as_absent(server: Ra
     assert not caught.value.retryable
 
 
+@pytest.mark.asyncio
 async def test_a_rejected_token_means_one_fresh_login(server: RawHandler) -> None:
     client = client_for(str(server.url), ["stale", "good"])
     assert await client.request("GET", "/api/v1/namespaces/ns/pods/p") == {"kind": "Thing"}
@@ -115,6 +120,7 @@ async def test_a_rejected_token_means_one_fresh_login(server: RawHandler) -> Non
     assert [r.headers["Authorization"] for r in server] == ["Bearer stale", "Bearer good"]
 
 
+@pytest.mark.asyncio
 async def test_connection_errors_are_retryable_api_errors() -> None:
     client = client_for("http://127.0.0.1:9", ["good"])
     with pytest.raises(ApiError) as caught:
@@ -123,6 +129,7 @@ async def test_connection_errors_are_retryable_api_errors() -> None:
     assert caught.value.status == 0 and caught.value.retryable
 
 
+@pytest.mark.asyncio
 async def test_discovery_caches_until_the_ttl_or_an_invalidation(server: RawHandler) -> None:
     now = [0.0]
     client = client_for(str(server.url), ["good"])
