@@ -174,20 +174,46 @@ def deployment(spec: MnistModelSpec, owner: Owner, settings: OperatorSettings) -
 
 
 def canary_deployment(
-    spec: MnistModelSpec, owner: Owner, settings: OperatorSettings, replicas: int
+    spec: MnistModelSpec, owner: Owner, settings: OperatorSettings, replicas: int, *, routed: bool = False
 ) -> dict[str, Any]:
     """The canary strategy's second Deployment, `<name>-canary`, of `spec` (the version on trial).
 
     Its pods carry the model's selector labels, so the one Service sends them their share of the
     requests, plus the track label, which its own selector adds: the stable Deployment's selector
-    also matches them, but a Deployment only manages the ReplicaSets it owns.
+    also matches them, but a Deployment only manages the ReplicaSets it owns. `routed` (a Route
+    splits the traffic by weight): their instance label is the canary's instead, so that only
+    the canary's own Service (`canary_service`) selects them.
     """
     obj = deployment(dataclasses.replace(spec, replicas=replicas, autoscaling=None), owner, settings)
     obj["metadata"]["name"] = owner.name + api.CANARY_SUFFIX
     obj["metadata"]["labels"][api.TRACK_LABEL] = api.CANARY_TRACK
-    obj["spec"]["selector"]["matchLabels"][api.TRACK_LABEL] = api.CANARY_TRACK
-    obj["spec"]["template"]["metadata"]["labels"][api.TRACK_LABEL] = api.CANARY_TRACK
+    for labels in (obj["spec"]["selector"]["matchLabels"], obj["spec"]["template"]["metadata"]["labels"]):
+        labels[api.TRACK_LABEL] = api.CANARY_TRACK
+        if routed:
+            labels[api.LABEL_INSTANCE] = owner.name + api.CANARY_SUFFIX
     return obj
+
+
+def canary_service(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:
+    """`<name>-canary`: the canary's pods alone, for a Route's alternate backend (labelled like the
+    model's Service, so that its ServiceMonitor scrapes them too)."""
+    obj = service(spec, owner)
+    obj["metadata"]["name"] = owner.name + api.CANARY_SUFFIX
+    obj["spec"]["selector"] = {
+        api.LABEL_NAME: api.APP_NAME,
+        api.LABEL_INSTANCE: owner.name + api.CANARY_SUFFIX,
+        api.TRACK_LABEL: api.CANARY_TRACK,
+    }
+    return obj
+
+
+def with_canary_backend(route_obj: dict[str, Any], owner: Owner, weight: int) -> dict[str, Any]:
+    """The model's Route sending `weight` percent to the canary's Service, the rest to the stable."""
+    route_obj["spec"]["to"]["weight"] = 100 - weight
+    route_obj["spec"]["alternateBackends"] = [
+        {"kind": "Service", "name": owner.name + api.CANARY_SUFFIX, "weight": weight}
+    ]
+    return route_obj
 
 
 def _pod_spec(spec: MnistModelSpec, owner: Owner, settings: OperatorSettings) -> dict[str, Any]:

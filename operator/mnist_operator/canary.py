@@ -38,6 +38,7 @@ from mnist_operator.spec import Canary
 SUFFIX = api.CANARY_SUFFIX
 PROMOTE_ANNOTATION = f"{api.GROUP}/canary-promote"
 ABORT_ANNOTATION = f"{api.GROUP}/canary-abort"
+_SPLIT_BY = {"Route": "the Route", "Replicas": "ready pods"}
 # How often a paused canary (no verdict yet) asks again.
 RETRY_SECONDS = 10.0
 
@@ -95,6 +96,7 @@ class State:
     steps: int
     weight: int
     traffic_weight: int = 0
+    traffic_split: str = "Replicas"  # or Route
     step_started_at: float | None = None
     analyzed_at: float | None = None
     reason: str = ""
@@ -114,6 +116,7 @@ class State:
                 steps=int(raw.get("steps") or 1),
                 weight=int(raw.get("weight") or 0),
                 traffic_weight=int(raw.get("trafficWeight") or 0),
+                traffic_split=str(raw.get("trafficSplit") or "Replicas"),
                 step_started_at=parse_time(raw.get("stepStartedAt")),
                 analyzed_at=parse_time(raw.get("analyzedAt")),
                 reason=str(raw.get("reason") or ""),
@@ -132,7 +135,7 @@ class State:
             "steps": self.steps,
             "weight": self.weight,
             "trafficWeight": self.traffic_weight,
-            "trafficSplit": "Replicas",
+            "trafficSplit": self.traffic_split,
             "reason": str(self.reason),
             "message": self.message,
         }
@@ -212,7 +215,8 @@ def tick(state: State, canary: Canary, *, ready: bool, now: float) -> Step:
             step_started_at=now,
             message=(
                 f"step {state.step} of {state.steps}: {state.weight} % of the traffic asked, "
-                f"{state.traffic_weight} % by ready pods, for {step.pause_seconds} s"
+                f"{state.traffic_weight} % by {_SPLIT_BY.get(state.traffic_split, 'ready pods')}, "
+                f"for {step.pause_seconds} s"
             ),
         )
     assert state.step_started_at is not None

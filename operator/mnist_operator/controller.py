@@ -105,6 +105,8 @@ class CanaryPlan:
     state: canary.State | None = None  # status.canary; None: leave it out
     keep_stable: bool = False  # the stable Deployment is neither applied nor deleted
     deployment: dict[str, Any] | None = None  # the canary Deployment to apply
+    service: dict[str, Any] | None = None  # the canary's own Service (a Route splits the traffic)
+    route_weight: int | None = None  # the Route's share for the canary's Service
     # The canary is over: its Deployment is scaled to 0 (kept, so that the operator needs no
     # delete permission on Deployments; the garbage collector deletes it with the model).
     delete: bool = False
@@ -212,11 +214,11 @@ class Reconciler:
                 kept.add(api.DEPLOYMENT.kind)
                 spec = self._as_running(spec, owner)
             else:
-                plan = await self._canary(spec, owner, body)
+                plan = await self._canary(spec, owner, body, capabilities)
                 if plan.keep_stable:
                     kept.add(api.DEPLOYMENT.kind)
                     spec = self._as_running(spec, owner)
-            failure = await self._apply_children(spec, owner, capabilities, kept)
+            failure = await self._apply_children(spec, owner, capabilities, kept, plan.route_weight)
             failure = await self._carry_out(plan, spec, owner) or failure
         refused_workload, refused = policy_problems(verdict)
 
@@ -275,7 +277,9 @@ class Reconciler:
 
     # --- the canary strategy (canary.py) ----------------------------------------------------
 
-    async def _canary(self, spec: MnistModelSpec, owner: Owner, body: Mapping[str, Any]) -> CanaryPlan:
+    async def _canary(
+        self, spec: MnistModelSpec, owner: Owner, body: Mapping[str, Any], capabilities: api.Capabilities
+    ) -> CanaryPlan:
         ns, name = owner.namespace, owner.name
         canary_name = canary.canary_name(name)
         live_canary = self.cache.get(api.DEPLOYMENT.kind, ns, canary_name, owner=name)
@@ -343,7 +347,17 @@ class Reconciler:
         if state.phase is canary.Phase.PROMOTED:  # the stable Deployment rolls to the new version
             return CanaryPlan(state=state, events=tuple(events))
         return await self._canary_step(
-            spec, owner, settings, state=state, live_canary=live_canary, events=events
+            spec,
+            owner,
+            settings,
+            state=state,
+            live_canary=live_canary,
+            events=events,
+            # A Deployment's selector cannot change: the split the canary Deployment was first
+            # made for sticks with it.
+            routed=_routed(live_canary, name)
+            if live_canary
+            else capabilities.routes and spec.exposure.enabled,
         )
 
     async def _canary_step(
@@ -355,20 +369,28 @@ class Reconciler:
         state: canary.State,
         live_canary: Mapping[str, Any] | None,
         events: list[tuple[str, str, str]],
+        routed: bool = False,
     ) -> CanaryPlan:
         ns, name = owner.namespace, owner.name
         stable_live = self.cache.get(api.DEPLOYMENT.kind, ns, name) or {}
         stable_replicas = int((stable_live.get("spec") or {}).get("replicas", spec.min_replicas))
         replicas = canary.canary_replicas(state.weight, stable_replicas)
-        state = state.replace(traffic_weight=canary.traffic_weight(replicas, stable_replicas))
-        wanted = builders.canary_deployment(spec, owner, self.settings, replicas)
+        split = "Route" if routed else "Replicas"
+        weight_now = state.weight if routed else canary.traffic_weight(replicas, stable_replicas)
+        state = state.replace(traffic_weight=weight_now, traffic_split=split)
+        wanted = builders.canary_deployment(spec, owner, self.settings, replicas, routed=routed)
+        # With a Route the canary's pods are not the model's (another instance label): the pod
+        # cache does not hold them, and their Deployment's status says how they are.
         pods = [p for p in self.cache.pods(ns, name) if p.get("canary") and not p.get("deleting")]
         stuck = [p for p in pod_problems(pods) if p.reason in STUCK_POD_REASONS]
-        if stuck:
-            message = (
-                f"version {state.version} rolled back at step {state.step}: its pod {stuck[0].pod} is "
-                f"{stuck[0].reason}: {stuck[0].message}"
+        running = rollout_state(live_canary)
+        if stuck or (running.deadline_exceeded and running.template_version == state.version):
+            culprit = (
+                f"its pod {stuck[0].pod} is {stuck[0].reason}: {stuck[0].message}"
+                if stuck
+                else "its Deployment exceeded its progress deadline"
             )
+            message = f"version {state.version} rolled back at step {state.step}: {culprit}"
             state = state.replace(
                 phase=canary.Phase.ROLLED_BACK, reason=Reason.CANARY_ROLLED_BACK, message=message
             )
@@ -379,12 +401,15 @@ class Reconciler:
                 ready=Problem(state.reason, f"{message}; version {state.stable_version} serves"),
                 events=(*events, ("Warning", Reason.CANARY_ROLLED_BACK, message)),
             )
-        running = rollout_state(live_canary)
         ready = (
             running.rolled_out
             and running.desired == replicas
             and running.template_version == state.version
-            and sum(1 for p in pods if p.get("version") == state.version and _pod_ready(p)) >= replicas
+            and running.ready >= replicas
+            and (
+                routed
+                or sum(1 for p in pods if p.get("version") == state.version and _pod_ready(p)) >= replicas
+            )
         )
         now = self.clock()
         step = canary.tick(state, settings, ready=ready, now=now)
@@ -425,14 +450,18 @@ class Reconciler:
                 return CanaryPlan(state=state, events=tuple(events))
             else:  # the next step: the canary grows
                 next_replicas = canary.canary_replicas(state.weight, stable_replicas)
-                state = state.replace(traffic_weight=canary.traffic_weight(next_replicas, stable_replicas))
-                wanted = builders.canary_deployment(spec, owner, self.settings, next_replicas)
+                share = state.weight if routed else canary.traffic_weight(next_replicas, stable_replicas)
+                state = state.replace(traffic_weight=share)
+                wanted = builders.canary_deployment(spec, owner, self.settings, next_replicas, routed=routed)
         reason = Reason.CANARY_PAUSED if state.phase is canary.Phase.PAUSED else Reason.CANARY_PROGRESSING
         problem = Problem(reason, state.message)
         return CanaryPlan(
             state=state,
             keep_stable=True,
             deployment=wanted,
+            service=builders.canary_service(spec, owner) if routed else None,
+            # The Route sends the canary its share once its pods are ready for the step.
+            route_weight=(state.weight if state.step_started_at is not None else 0) if routed else None,
             ready=problem,
             progress=problem,
             events=tuple(events),
@@ -441,6 +470,10 @@ class Reconciler:
 
     async def _carry_out(self, plan: CanaryPlan, spec: MnistModelSpec, owner: Owner) -> Failure | None:
         name = canary.canary_name(owner.name)
+        if plan.service is not None:
+            failure = await self._apply_named(plan.service, api.SERVICE, owner)
+            if failure is not None:
+                return failure
         wanted = plan.deployment
         if wanted is None and plan.delete:
             live = self.cache.get(api.DEPLOYMENT.kind, owner.namespace, name, owner=owner.name)
@@ -448,7 +481,9 @@ class Reconciler:
             if live is None or version is None:
                 return None
             ended = dataclasses.replace(spec, model_version=version)
-            wanted = builders.canary_deployment(ended, owner, self.settings, 0)
+            wanted = builders.canary_deployment(
+                ended, owner, self.settings, 0, routed=_routed(live, owner.name)
+            )
         if wanted is not None:
             try:
                 live = self.cache.get(api.DEPLOYMENT.kind, owner.namespace, name, owner=owner.name)
@@ -502,8 +537,36 @@ class Reconciler:
             return spec
         return dataclasses.replace(spec, model_version=running.template_version)
 
+    async def _apply_named(self, obj: dict[str, Any], kind: api.ResourceKind, owner: Owner) -> Failure | None:
+        """Apply a child not named after its model (the canary's Service) when it differs."""
+        name = obj["metadata"]["name"]
+        try:
+            live = self.cache.get(kind.kind, owner.namespace, name, owner=owner.name)
+            if live is None:
+                live = await self.client.get(kind, owner.namespace, name)
+            if live is not None and compare.controller_uid(live) != owner.uid:
+                return Failure(
+                    Problem(
+                        Reason.CHILD_CONFLICT,
+                        f"a {kind.kind} named {name} already exists and is not controlled by this MnistModel",
+                    ),
+                    10,
+                )
+            stamped = compare.stamp(obj)
+            if compare.needs_apply(stamped, live):
+                logger.info("%s/%s: applying %s %s", owner.namespace, owner.name, kind.kind, name)
+                self.cache.remember(await self.client.apply(stamped))
+        except ApiError as exc:
+            return classify(exc, "apply", kind.kind)
+        return None
+
     async def _apply_children(
-        self, spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities, kept: set[str]
+        self,
+        spec: MnistModelSpec,
+        owner: Owner,
+        capabilities: api.Capabilities,
+        kept: set[str],
+        canary_weight: int | None = None,
     ) -> Failure | None:
         """Apply what differs and delete what is unwanted; children are independent, so in parallel.
 
@@ -514,6 +577,13 @@ class Reconciler:
             for obj in builders.desired(spec, owner, self.settings, capabilities)
             if obj["kind"] not in kept
         ]
+        if canary_weight is not None:  # a canary behind the model's Route
+            wanted = [
+                compare.stamp(builders.with_canary_backend(obj, owner, canary_weight))
+                if obj["kind"] == api.ROUTE.kind
+                else obj
+                for obj in wanted
+            ]
         wanted_kinds = {obj["kind"] for obj in wanted} | kept
         unwanted = [k for k in api.CHILD_KINDS if k.kind not in wanted_kinds and capabilities.serves(k)]
         outcomes = await asyncio.gather(
@@ -623,3 +693,9 @@ class Reconciler:
 
 def _pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("conditions") or [])
+
+
+def _routed(canary_deployment: Mapping[str, Any], model: str) -> bool:
+    """Whether a canary Deployment was made for a Route's split (its pods are not the model's)."""
+    labels = ((canary_deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return bool(labels.get(api.LABEL_INSTANCE) == model + api.CANARY_SUFFIX)

@@ -116,8 +116,9 @@ class OwnerIndexes:
 
 
 class World:
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.client = FakeClient()
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, routes: bool = False) -> None:
+        self.client = FakeClient(routes=routes)
+        self.exposed = routes
         self.cache = Cache()
         self.indexes = OwnerIndexes(self.client, self.cache)
         self.clock = 1_700_000_000.0
@@ -159,6 +160,8 @@ class World:
                 "canary": {"steps": [{"weight": 10, "pauseSeconds": 60}, {"weight": 50, "pauseSeconds": 30}]},
             },
         }
+        if self.exposed:
+            body["spec"]["exposure"] = {"enabled": True, "host": "digits.apps.example.com"}
         body["metadata"]["annotations"] = annotations
         body["metadata"]["resourceVersion"] = str(next(self.client._rv))
         self.client.objects[(api.KIND, "ml", "digits")] = body
@@ -457,6 +460,33 @@ async def test_a_new_canary_keeps_nothing_of_the_last_one_in_a_merge_patched_sta
     world.client.patch_status = recording  # type: ignore[method-assign]
     await world.reconcile()
     assert patches and patches[-1]["canary"]["stepStartedAt"] is None  # sent as null: removed
+
+
+@pytest.mark.asyncio
+async def test_with_a_route_the_split_is_the_routes_exact_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(monkeypatch, routes=True)
+    await started_canary(world)
+    canary_dep = world.deployment("digits-canary")
+    assert canary_dep is not None
+    # Not behind the model's Service: the canary's own instance label, and its own Service.
+    assert canary_dep["spec"]["template"]["metadata"]["labels"][api.LABEL_INSTANCE] == "digits-canary"
+    service = world.client.objects[("Service", "ml", "digits-canary")]
+    assert service["spec"]["selector"][api.LABEL_INSTANCE] == "digits-canary"
+    route = world.client.objects[("Route", "ml", "digits")]
+    assert route["spec"]["alternateBackends"][0]["weight"] == 0  # nothing until its pods are ready
+    world.roll_out("digits-canary")
+    await world.reconcile()
+    route = world.client.objects[("Route", "ml", "digits")]
+    assert route["spec"]["to"] == {"kind": "Service", "name": "digits", "weight": 90}
+    assert route["spec"]["alternateBackends"] == [{"kind": "Service", "name": "digits-canary", "weight": 10}]
+    status = world.status()["canary"]
+    assert (status["trafficSplit"], status["trafficWeight"]) == ("Route", 10)
+    world.clock += 61
+    world.answers.append(sides(UNSURE))
+    await world.reconcile()
+    assert world.status()["canary"]["phase"] == "RolledBack"
+    route = world.client.objects[("Route", "ml", "digits")]
+    assert "alternateBackends" not in route["spec"] and route["spec"]["to"]["weight"] == 100
 
 
 def test_default_analysis_is_used_when_the_spec_gives_none() -> None:

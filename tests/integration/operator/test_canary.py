@@ -251,3 +251,60 @@ def test_a_canary_is_promoted_rolled_back_paused_and_resumed_after_a_restart(
         prometheus.mode = "good"
         wait_phase(op_kube, "digits", "4", "Promoted", timeout=90)
         op_kube.wait_ready("digits", version="4", timeout=90)
+
+
+@pytest.mark.usefixtures("openshift_apis")
+def test_with_a_route_the_canary_gets_the_routes_weight_and_its_own_service(
+    op_kube: Kube, op_start: StartOperator
+) -> None:
+    with StandInPrometheus() as prometheus:
+        op_start(op_kube.namespace, prometheus_url=prometheus.url)
+        model = canary("routed", canary={"steps": STEPS})
+        model["spec"]["replicas"] = 2
+        model["spec"]["exposure"] = {"enabled": True, "host": "routed.apps.example.com"}
+        op_kube.apply(model)
+        op_kube.wait_ready("routed", version="1")
+        op_kube.merge_patch("mnistmodel", "routed", {"spec": {"modelVersion": "2"}})
+
+        def weighted() -> dict[str, Any] | None:
+            route = op_kube.get("route", "routed") or {}
+            backends = (route.get("spec") or {}).get("alternateBackends") or []
+            return route if backends and backends[0]["weight"] == 10 else None
+
+        route = op_kube.wait_for(weighted, "the Route sending 10 % to the canary", timeout=60)
+        assert route["spec"]["to"] == {"kind": "Service", "name": "routed", "weight": 90}
+        assert route["spec"]["alternateBackends"] == [
+            {"kind": "Service", "name": "routed-canary", "weight": 10}
+        ]
+        state = canary_state(op_kube, "routed")
+        assert (state["trafficSplit"], state["trafficWeight"]) == ("Route", 10)
+
+        def endpoints(service: str) -> set[str]:
+            done = op_kube.kubectl(
+                "get", "endpointslices", "-l", f"kubernetes.io/service-name={service}", "-o", "json"
+            )
+            return {
+                e["targetRef"]["name"]
+                for s in json.loads(done.stdout)["items"]
+                for e in s.get("endpoints") or []
+                if e.get("targetRef")
+            }
+
+        canary_pods = op_kube.wait_for(lambda: endpoints("routed-canary"), "the canary Service's endpoints")
+        assert all(p.startswith("routed-canary-") for p in canary_pods)
+        assert not any(
+            p.startswith("routed-canary-") for p in endpoints("routed")
+        )  # the stable Service: stable only
+
+        wait_phase(op_kube, "routed", "2", "Promoted", timeout=90)
+        op_kube.wait_ready("routed", version="2", timeout=90)
+
+        def plain() -> bool:
+            spec = (op_kube.get("route", "routed") or {}).get("spec") or {}
+            return "alternateBackends" not in spec and spec.get("to", {}).get("weight") == 100
+
+        op_kube.wait_for(plain, "the Route all to the stable Service again", timeout=30)
+        op_kube.wait_for(
+            lambda: (op_kube.get("deployment", "routed-canary") or {}).get("spec", {}).get("replicas") == 0,
+            "the canary scaled to 0",
+        )
