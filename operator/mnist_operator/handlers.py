@@ -116,7 +116,7 @@ class Operator:
             metrics=metrics,
         )
         # A canary step's pause ends: its model is reconciled then, with no event needed.
-        self.reconciler.schedule = self.queue.add_after
+        self.reconciler.schedule = self._schedule
         self._resync: asyncio.Task[None] | None = None
         self._rechecks: set[asyncio.TimerHandle] = set()
         # Whether this replica reconciles: at once without leader election, else while it holds
@@ -233,6 +233,10 @@ class Operator:
     def enqueue(self, key: tuple[str, str]) -> None:
         if self.leading:
             self.queue.add(key)
+
+    def _schedule(self, key: tuple[str, str], delay: float) -> None:
+        if self.leading:
+            self.queue.add_after(key, delay)
 
     def enqueue_all(self) -> None:
         if not self.synced:
