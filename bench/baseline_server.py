@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 from flask import Flask, jsonify, request
+from flask.typing import ResponseReturnValue
 
 
 def build_app(model_dir: str) -> Flask:
@@ -29,7 +30,7 @@ def build_app(model_dir: str) -> Flask:
     app = Flask(__name__)
 
     @app.post("/predict")
-    def predict() -> object:
+    def predict() -> ResponseReturnValue:
         started = time.time()
         data = request.get_json()
         images = np.array(data["inputs"], dtype=np.float32).reshape(-1, 28, 28)

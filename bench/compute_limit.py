@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model_server"))
@@ -69,7 +70,7 @@ def main() -> int:
             for size in BATCH_SIZES[-2:]:
                 images = np.ascontiguousarray(test[:size])
                 points.append({**measure(tuned, images, args.seconds), "config": config})
-    best = max(points, key=lambda p: p["images_per_s"])
+    best = max(points, key=lambda p: cast(float, p["images_per_s"]))
     print(json.dumps({"backend": args.backend, "points": points, "best": best}))
     return 0
 

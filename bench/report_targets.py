@@ -35,6 +35,11 @@ def ratio_of(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def rate(result: dict[str, Any] | None) -> float | None:
+    """A scenario result's requests per second, if it ran."""
+    return None if result is None else float(result["requests_per_s"])
+
+
 def targets(data: dict[str, Any]) -> list[Row]:
     """(target, where, measured, verdict) rows."""
     rows: list[Row] = []
@@ -56,7 +61,7 @@ def targets(data: dict[str, Any]) -> list[Row]:
             )
         )
         v2_32 = result_of(data, key, "v2-1", 32)
-        ratio = ratio_of(v2_32 and v2_32["requests_per_s"], kserve and kserve["requests_per_s"])
+        ratio = ratio_of(rate(v2_32), rate(kserve))
         rows.append(
             (
                 "single images, c=32: >= 3x KServe req/s",
@@ -66,7 +71,7 @@ def targets(data: dict[str, Any]) -> list[Row]:
             )
         )
         t32 = result_of(data, key, "tutorial-1", 32)
-        ratio = ratio_of(t32 and t32["requests_per_s"], baseline and baseline["requests_per_s"])
+        ratio = ratio_of(rate(t32), rate(baseline))
         rows.append(
             (
                 "single images, c=32: >= 100x baseline req/s",
@@ -121,7 +126,7 @@ def targets_issue_11(data: dict[str, Any]) -> list[Row]:
             continue
         name = run["label"]
         v2_32 = result_of(data, key, "v2-1", 32)
-        ratio = ratio_of(v2_32 and v2_32["requests_per_s"], kserve and kserve["requests_per_s"])
+        ratio = ratio_of(rate(v2_32), rate(kserve))
         ok = None if ratio is None or v2_32 is None else ratio >= 3 and v2_32["latency_ms"]["p99"] < 50
         rows.append(
             (
