@@ -6,7 +6,8 @@ Service, a real Prometheus scraping the pods, and the operator judging by them.
   middle of a step resumes it (same step, same window);
 - a bad version, trained on shuffled labels and fetched from an HTTP server on the node's bridge
   address (spec.source), answers every request with HTTP 200 but guesses: it is rolled back by the
-  behaviour check alone, and users saw wrong answers only from the canary's share.
+  behaviour check alone, and users saw wrong answers only from the canary's share;
+- a slow version (its pods throttled to 20m of CPU) is rolled back by the latency check alone.
 
 The operator runs as a process on this machine (as in tests/integration/operator), so that it
 reaches the test's Prometheus on 127.0.0.1; Prometheus finds the pods through the Service's
@@ -280,3 +281,35 @@ def test_a_version_that_guesses_is_rolled_back_by_the_behaviour_check_alone(
     assert ready["reason"] == "CanaryRolledBack" and model["status"]["modelVersion"] == "1"
     stable = get(setup.cluster, setup.namespace, "deployment", "digits")
     assert stable["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"] == "1"
+
+
+def test_a_slow_version_is_rolled_back_by_the_latency_check(setup: Setup, rn_digits: Digits) -> None:
+    """Version 2 again, but its pods get a fiftieth of a CPU (the stable pods are not touched, so
+    only the canary runs with it): the kernel throttles it, and its p99 exceeds the 50 ms this
+    model allows, while the stable version answers in a few milliseconds."""
+    analysis = {"minRequests": 200, "maxP99LatencySeconds": 0.05}
+    slow = {"requests": {"cpu": "20m", "memory": "256Mi"}, "limits": {"cpu": "20m", "memory": "1Gi"}}
+    with start_stable(setup, rn_digits) as traffic:
+        model = canary_model("1")
+        model["spec"]["rollout"]["canary"]["analysis"] = analysis
+        apply(setup.cluster, setup.namespace, model)
+        time.sleep(5)
+        model = canary_model("2", resources=slow)
+        model["spec"]["rollout"]["canary"]["analysis"] = analysis
+        apply(setup.cluster, setup.namespace, model)
+        rolled_back = setup.wait_canary("2", phase="RolledBack", timeout=PAUSE + 400)
+    checks = {c["name"]: c for c in rolled_back["checks"]}
+    report = {
+        "step": rolled_back["step"],
+        "checks": {k: (v.get("canary"), v.get("stable"), v.get("result")) for k, v in checks.items()},
+        "failures": dict(traffic.failures),
+    }
+    print("\ncanary (slow version):", json.dumps(report))
+    assert rolled_back["step"] == 1, report
+    failed = {name for name, c in checks.items() if c["result"] == "Fail"}
+    assert "p99LatencySeconds" in failed and failed <= {"p99LatencySeconds", "errorRate"}, report
+    assert checks["p99LatencySeconds"]["stable"] < 0.05, report
+    stable = get(setup.cluster, setup.namespace, "deployment", "digits")
+    assert "limits" not in stable["spec"]["template"]["spec"]["containers"][0]["resources"] or (
+        stable["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].get("cpu") is None
+    )
