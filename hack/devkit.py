@@ -3,12 +3,15 @@ port on loopback, waiting until something is so, and waiting until a URL answers
 
 from __future__ import annotations
 
+import contextlib
+import random
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -18,11 +21,48 @@ class WaitTimeoutError(AssertionError):
     """What was waited for did not happen in time (an AssertionError: a test that waits fails)."""
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports nothing listens on right now, for servers the caller starts soon after.
+
+    Chosen below the kernel's ephemeral range on purpose: bind(0) picks from that range, and so
+    does every outgoing connection for its source port, so a port picked there can be taken by a
+    client (a load test opens hundreds a second) before its server binds it: a cluster start once
+    failed on kube-apiserver's port that way. Below the range only listeners compete.
+    """
+    below_ephemeral = range(_LOWEST_PORT, _ephemeral_low())
+    chosen: list[int] = []
+    with contextlib.ExitStack() as held:  # held until all are chosen: none handed out twice
+        for candidate in _RANDOM.sample(below_ephemeral, k=min(count * 50, len(below_ephemeral))):
+            if len(chosen) == count:
+                break
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+            chosen.append(candidate)
+        while len(chosen) < count:  # a crowded range: the kernel's choice after all
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            chosen.append(int(sock.getsockname()[1]))
+    return chosen
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the caller binds it soon after; races are rare)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on right now (see `free_ports`)."""
+    return free_ports(1, host)[0]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Registered ports (IANA: 1024-49151) well above the well-known services a test host may run.
+_LOWEST_PORT = 20000
+_RANDOM = random.SystemRandom()
 
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+
+from devkit import free_ports
 
 SERVICE_CIDR = "10.0.0.0/16"  # room for benchmarks with hundreds of Services
 KWOK_POD_CIDR = "10.244.0.0/16"  # fake pod addresses, across several kwok nodes
@@ -33,14 +33,7 @@ class Ports:
 
     @classmethod
     def allocate(cls) -> Ports:
-        # Hold every socket open until all are chosen so that no port is handed out twice.
-        with contextlib.ExitStack() as stack:
-            ports = []
-            for _ in range(10):
-                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                sock.bind(("127.0.0.1", 0))
-                ports.append(sock.getsockname()[1])
-        return cls(*ports)
+        return cls(*free_ports(10))
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from devkit import free_ports
 from testkit import WaitTimeoutError, answers_ok, free_port, wait_for, wait_until_ok
 
 
@@ -64,3 +67,21 @@ def test_wait_until_ok_fails_at_once_when_the_process_exits_and_shows_its_log() 
 def test_wait_until_ok_times_out_with_the_log() -> None:
     with pytest.raises(WaitTimeoutError, match=r"(?s)timed out after 0 s waiting for a server .*the log"):
         wait_until_ok(f"http://127.0.0.1:{free_port()}/", "a server", timeout=0.1, log=lambda: "the log")
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(10)
+    assert len(set(ports)) == 10
+    for port in ports:
+        assert port < low  # where no client's source port can take it first
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_a_port_in_use_is_never_handed_out() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert all(port not in free_ports(20) for _ in range(50))
