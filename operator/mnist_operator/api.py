@@ -89,6 +89,8 @@ DEPLOYMENT = ResourceKind("apps", "v1", "Deployment", "deployments")
 SERVICE = ResourceKind("", "v1", "Service", "services")
 INGRESS = ResourceKind("networking.k8s.io", "v1", "Ingress", "ingresses")
 ROUTE = ResourceKind("route.openshift.io", "v1", "Route", "routes")
+# Gateway API: a model naming a Gateway (spec.exposure.gateway) attaches an HTTPRoute to it.
+HTTPROUTE = ResourceKind("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
 SERVICE_MONITOR = ResourceKind("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
 HPA = ResourceKind("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 PDB = ResourceKind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets")
@@ -102,9 +104,11 @@ LEASE = ResourceKind("coordination.k8s.io", "v1", "Lease", "leases")
 LEASE_NAME = "mnist-operator"
 
 # Every kind of child, in apply order (the Service before what points at it).
-CHILD_KINDS = (DEPLOYMENT, SERVICE, INGRESS, ROUTE, SERVICE_MONITOR, HPA, PDB)
+CHILD_KINDS = (DEPLOYMENT, SERVICE, INGRESS, ROUTE, HTTPROUTE, SERVICE_MONITOR, HPA, PDB)
 # Kinds whose API may be absent from a cluster; discovered at run time.
-OPTIONAL_KINDS = (ROUTE, SERVICE_MONITOR)
+OPTIONAL_KINDS = (ROUTE, HTTPROUTE, SERVICE_MONITOR)
+# The kinds whose backends carry weights: a canary behind one of them is split by weight.
+WEIGHTED_KINDS = (ROUTE, HTTPROUTE)
 KINDS_BY_KIND = {k.kind: k for k in (*CHILD_KINDS, MNISTMODEL, POD, EVENT)}
 
 
@@ -114,14 +118,21 @@ class Capabilities:
 
     routes: bool = False
     service_monitors: bool = False
+    http_routes: bool = False
 
     @property
     def exposure_kind(self) -> ResourceKind:
         return ROUTE if self.routes else INGRESS
 
+    def exposure_kind_for(self, gateway: bool) -> ResourceKind:
+        """What exposes a model: an HTTPRoute when it names a Gateway, else a Route or an Ingress."""
+        return HTTPROUTE if gateway else self.exposure_kind
+
     def serves(self, kind: ResourceKind) -> bool:
         if kind == ROUTE:
             return self.routes
+        if kind == HTTPROUTE:
+            return self.http_routes
         if kind == SERVICE_MONITOR:
             return self.service_monitors
         return True

@@ -111,7 +111,10 @@ def desired(
     """Every child the MnistModel should have right now, in apply order."""
     children = [deployment(spec, owner, settings), service(spec, owner)]
     if spec.exposure.enabled:
-        if capabilities.routes:
+        if spec.exposure.gateway is not None:
+            if capabilities.http_routes:  # otherwise ExposureReady says the API is missing
+                children.append(http_route(spec, owner))
+        elif capabilities.routes:
             children.append(route(spec, owner))
         elif spec.exposure.tls != "reencrypt":  # an Ingress cannot re-encrypt; reported in status
             children.append(ingress(spec, owner))
@@ -208,7 +211,15 @@ def canary_service(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:
 
 
 def with_canary_backend(route_obj: dict[str, Any], owner: Owner, weight: int) -> dict[str, Any]:
-    """The model's Route sending `weight` percent to the canary's Service, the rest to the stable."""
+    """The model's Route (or HTTPRoute) sending `weight` percent to the canary's Service, the rest
+    to the stable."""
+    if route_obj["kind"] == api.HTTPROUTE.kind:
+        [rule] = route_obj["spec"]["rules"]
+        rule["backendRefs"] = [
+            _backend_ref(owner.name, 100 - weight),
+            _backend_ref(owner.name + api.CANARY_SUFFIX, weight),
+        ]
+        return route_obj
     route_obj["spec"]["to"]["weight"] = 100 - weight
     route_obj["spec"]["alternateBackends"] = [
         {"kind": "Service", "name": owner.name + api.CANARY_SUFFIX, "weight": weight}
@@ -359,6 +370,39 @@ def route(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:
     if exposure.tls != "none":
         route_spec["tls"] = {"termination": exposure.tls, "insecureEdgeTerminationPolicy": "Redirect"}
     return _child(api.ROUTE, _metadata(owner, spec, annotations=exposure.annotations), route_spec)
+
+
+def http_route(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:
+    """A Gateway API HTTPRoute attaching the model's Service to the Gateway it names."""
+    exposure = spec.exposure
+    gateway = exposure.gateway
+    assert gateway is not None
+    parent: dict[str, Any] = {
+        "group": api.HTTPROUTE.group,
+        "kind": "Gateway",
+        "name": gateway.name,
+    }
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
+    route_spec: dict[str, Any] = {"parentRefs": [parent]}
+    if exposure.host:
+        route_spec["hostnames"] = [exposure.host]
+    route_spec["rules"] = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "backendRefs": [_backend_ref(owner.name, None)],
+        }
+    ]
+    return _child(api.HTTPROUTE, _metadata(owner, spec, annotations=exposure.annotations), route_spec)
+
+
+def _backend_ref(service: str, weight: int | None) -> dict[str, Any]:
+    ref: dict[str, Any] = {"group": "", "kind": "Service", "name": service, "port": api.SERVICE_PORT}
+    if weight is not None:
+        ref["weight"] = weight
+    return ref
 
 
 def ingress(spec: MnistModelSpec, owner: Owner) -> dict[str, Any]:

@@ -105,8 +105,8 @@ class CanaryPlan:
     state: canary.State | None = None  # status.canary; None: leave it out
     keep_stable: bool = False  # the stable Deployment is neither applied nor deleted
     deployment: dict[str, Any] | None = None  # the canary Deployment to apply
-    service: dict[str, Any] | None = None  # the canary's own Service (a Route splits the traffic)
-    route_weight: int | None = None  # the Route's share for the canary's Service
+    service: dict[str, Any] | None = None  # the canary's own Service (a weighted split)
+    route_weight: int | None = None  # the Route's or HTTPRoute's share for the canary's Service
     # The canary is over: its Deployment is scaled to 0 (kept, so that the operator needs no
     # delete permission on Deployments; the garbage collector deletes it with the model).
     delete: bool = False
@@ -222,7 +222,7 @@ class Reconciler:
             failure = await self._carry_out(plan, spec, owner) or failure
         refused_workload, refused = policy_problems(verdict)
 
-        exposure_kind = capabilities.exposure_kind
+        exposure_kind = _exposure_kind(spec, capabilities)
         observed = Observed(
             deployment=self.cache.get(api.DEPLOYMENT.kind, owner.namespace, owner.name),
             # The stable version's pods (a canary's are judged by the canary strategy).
@@ -357,7 +357,8 @@ class Reconciler:
             # made for sticks with it.
             routed=_routed(live_canary, name)
             if live_canary
-            else capabilities.routes and spec.exposure.enabled,
+            else spec.exposure.enabled and _weighs(_exposure_kind(spec, capabilities), capabilities),
+            weighted_by=_split_by(_exposure_kind(spec, capabilities)),
         )
 
     async def _canary_step(
@@ -370,12 +371,15 @@ class Reconciler:
         live_canary: Mapping[str, Any] | None,
         events: list[tuple[str, str, str]],
         routed: bool = False,
+        weighted_by: str = api.ROUTE.kind,
     ) -> CanaryPlan:
+        """One step of a canary; `routed`: a Route or an HTTPRoute (`weighted_by`, the kind that
+        exposes the model) splits the traffic by weight, else the ready-pod ratio does."""
         ns, name = owner.namespace, owner.name
         stable_live = self.cache.get(api.DEPLOYMENT.kind, ns, name) or {}
         stable_replicas = int((stable_live.get("spec") or {}).get("replicas", spec.min_replicas))
         replicas = canary.canary_replicas(state.weight, stable_replicas)
-        split = "Route" if routed else "Replicas"
+        split = weighted_by if routed else "Replicas"
         weight_now = state.weight if routed else canary.traffic_weight(replicas, stable_replicas)
         state = state.replace(traffic_weight=weight_now, traffic_split=split)
         wanted = builders.canary_deployment(spec, owner, self.settings, replicas, routed=routed)
@@ -577,10 +581,11 @@ class Reconciler:
             for obj in builders.desired(spec, owner, self.settings, capabilities)
             if obj["kind"] not in kept
         ]
-        if canary_weight is not None:  # a canary behind the model's Route
+        if canary_weight is not None:  # a canary behind the model's Route or HTTPRoute
+            weighted = {k.kind for k in api.WEIGHTED_KINDS}
             wanted = [
                 compare.stamp(builders.with_canary_backend(obj, owner, canary_weight))
-                if obj["kind"] == api.ROUTE.kind
+                if obj["kind"] in weighted
                 else obj
                 for obj in wanted
             ]
@@ -695,7 +700,25 @@ def _pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("conditions") or [])
 
 
+def _exposure_kind(spec: MnistModelSpec | None, capabilities: api.Capabilities) -> api.ResourceKind:
+    """What exposes the model: an HTTPRoute when it names a Gateway, else a Route or an Ingress."""
+    gateway = spec is not None and spec.exposure.gateway is not None
+    return capabilities.exposure_kind_for(gateway)
+
+
+def _weighs(kind: api.ResourceKind, capabilities: api.Capabilities) -> bool:
+    """Whether `kind` splits traffic by weight (a Route or an HTTPRoute) and the cluster serves it."""
+    return kind in api.WEIGHTED_KINDS and capabilities.serves(kind)
+
+
+def _split_by(kind: api.ResourceKind) -> str:
+    """status.canary.trafficSplit of a weighted split: the HTTPRoute's, else the Route's (as it
+    was before; a canary made for a Route keeps its own Service when the exposure changes)."""
+    return kind.kind if kind in api.WEIGHTED_KINDS else api.ROUTE.kind
+
+
 def _routed(canary_deployment: Mapping[str, Any], model: str) -> bool:
-    """Whether a canary Deployment was made for a Route's split (its pods are not the model's)."""
+    """Whether a canary Deployment was made for a weighted split by a Route or an HTTPRoute (its
+    pods are not the model's)."""
     labels = ((canary_deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
     return bool(labels.get(api.LABEL_INSTANCE) == model + api.CANARY_SUFFIX)

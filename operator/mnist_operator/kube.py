@@ -304,7 +304,9 @@ class Discovery:
                     resources = await self._client.served_resources(kind.group, kind.version)
                     served[kind.kind] = resources is not None and kind.plural in resources
                 self._cached = api.Capabilities(
-                    routes=served[api.ROUTE.kind], service_monitors=served[api.SERVICE_MONITOR.kind]
+                    routes=served[api.ROUTE.kind],
+                    service_monitors=served[api.SERVICE_MONITOR.kind],
+                    http_routes=served[api.HTTPROUTE.kind],
                 )
                 self._expires = self._clock() + self._ttl
             return self._cached

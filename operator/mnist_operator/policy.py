@@ -224,7 +224,8 @@ def _exposure(
         )
     host = exposure.host
     if host is None:
-        if not capabilities.routes and settings.require_ingress_host:
+        # An HTTPRoute without hostnames takes its Gateway listener's: the Gateway's owner decides.
+        if exposure.gateway is None and not capabilities.routes and settings.require_ingress_host:
             refusals.append(
                 Refusal(
                     Part.EXPOSURE,

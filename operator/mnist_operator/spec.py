@@ -108,6 +108,15 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class GatewayRef:
+    """The Gateway API Gateway a model's HTTPRoute attaches to (its parentRef)."""
+
+    name: str
+    namespace: str | None = None  # the model's own namespace when unset
+    section_name: str | None = None  # one listener of the Gateway; all of them when unset
+
+
+@dataclass(frozen=True)
 class Exposure:
     enabled: bool = False
     host: str | None = None
@@ -115,6 +124,8 @@ class Exposure:
     tls_secret_name: str | None = None
     ingress_class_name: str | None = None
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Set: exposed by an HTTPRoute attached to this Gateway, instead of a Route or an Ingress.
+    gateway: GatewayRef | None = None
 
 
 @dataclass(frozen=True)
@@ -393,6 +404,33 @@ def _exposure(raw: Any) -> Exposure:
         tls_secret_name=_str(section, "tlsSecretName", prefix="exposure."),
         ingress_class_name=_str(section, "ingressClassName", prefix="exposure."),
         annotations=_str_map(section, "annotations", prefix="exposure."),
+        gateway=_gateway(section),
+    )
+
+
+# What selects a Route's or an Ingress's behaviour; a Gateway's listener decides those instead.
+GATEWAY_EXCLUDES = ("ingressClassName", "tlsSecretName")
+
+
+def _gateway(exposure: Mapping[str, Any]) -> GatewayRef | None:
+    section = _section(exposure.get("gateway"), "exposure.gateway")
+    if "gateway" not in exposure or exposure["gateway"] is None:
+        return None
+    for key in GATEWAY_EXCLUDES:
+        if exposure.get(key) is not None:
+            raise SpecError(f"exposure.{key}", "cannot be set with exposure.gateway (Route and Ingress only)")
+    if (exposure.get("tls") or "none") != "none":
+        raise SpecError("exposure.tls", "must be none with exposure.gateway (TLS is the Gateway listener's)")
+    prefix = "exposure.gateway."
+    name = _str(section, "name", required=True, prefix=prefix)
+    assert name is not None
+    for key, value in (("name", name), ("namespace", _str(section, "namespace", prefix=prefix))):
+        if value is not None and not HOST_PATTERN.match(value):
+            raise SpecError(prefix + key, f"{value!r} is not a lowercase DNS name")
+    return GatewayRef(
+        name=name,
+        namespace=_str(section, "namespace", prefix=prefix),
+        section_name=_str(section, "sectionName", prefix=prefix),
     )
 
 

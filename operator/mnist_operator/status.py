@@ -307,6 +307,8 @@ def url(spec: MnistModelSpec | None, owner: Owner, exposure: Mapping[str, Any] |
 def _exposed_host(exposure: Mapping[str, Any] | None) -> str | None:
     if exposure is None:
         return None
+    if exposure.get("kind") == api.HTTPROUTE.kind:  # the Gateway's address is not the HTTPRoute's
+        return None
     if exposure.get("kind") == api.ROUTE.kind:  # OpenShift generates a host when none is given
         host = (exposure.get("spec") or {}).get("host")
         return str(host) if host else None
@@ -379,6 +381,8 @@ def exposure_condition(
             Reason.DISABLED,
             f"exposure is disabled; the model answers in-cluster at {url(spec, owner, None)}",
         )
+    if spec.exposure.gateway is not None:
+        return _http_route_condition(spec, owner, capabilities, exposure)
     if capabilities.routes:
         if exposure is None:
             return Condition(
@@ -410,6 +414,57 @@ def exposure_condition(
         UNKNOWN,
         Reason.AWAITING_ADDRESS,
         f"the Ingress {owner.name} exists; no ingress controller has published an address yet",
+    )
+
+
+def _http_route_condition(
+    spec: MnistModelSpec, owner: Owner, capabilities: api.Capabilities, route: Mapping[str, Any] | None
+) -> Condition:
+    gateway = spec.exposure.gateway
+    assert gateway is not None
+    if not capabilities.http_routes:
+        return Condition(
+            EXPOSURE_READY,
+            FALSE,
+            Reason.GATEWAY_API_MISSING,
+            "the gateway.networking.k8s.io/v1 HTTPRoute API is not served: install the Gateway API "
+            "and a Gateway controller, or remove spec.exposure.gateway",
+        )
+    if route is None:
+        return Condition(
+            EXPOSURE_READY, FALSE, Reason.HTTPROUTE_PENDING, f"the HTTPRoute {owner.name} does not exist yet"
+        )
+    accepted: list[Mapping[str, Any]] = []
+    for parent in (route.get("status") or {}).get("parents") or []:
+        ref = parent.get("parentRef") or {}
+        for cond in parent.get("conditions") or []:
+            if cond.get("type") == "Accepted":
+                controller = parent.get("controllerName")
+                accepted.append({**cond, "gateway": ref.get("name"), "controller": controller})
+    if any(c.get("status") == TRUE for c in accepted):
+        c = next(c for c in accepted if c.get("status") == TRUE)
+        return Condition(
+            EXPOSURE_READY,
+            TRUE,
+            Reason.HTTPROUTE_ACCEPTED,
+            f"the HTTPRoute {owner.name} is accepted by Gateway {c.get('gateway')} "
+            f"({c.get('controller')}); the model answers at {url(spec, owner, route)}",
+        )
+    rejected = [c for c in accepted if c.get("status") == FALSE]
+    if rejected:
+        c = rejected[0]
+        return Condition(
+            EXPOSURE_READY,
+            FALSE,
+            Reason.HTTPROUTE_NOT_ACCEPTED,
+            f"Gateway {c.get('gateway')} did not accept the HTTPRoute {owner.name}: "
+            f"{c.get('reason') or ''} {_one_line(c.get('message') or '')}".strip(),
+        )
+    return Condition(
+        EXPOSURE_READY,
+        UNKNOWN,
+        Reason.AWAITING_ACCEPTANCE,
+        f"the HTTPRoute {owner.name} exists; Gateway {gateway.name} has not accepted it yet",
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from mnist_operator import api
-from mnist_operator.builders import Owner, desired, selector_string
+from mnist_operator.builders import Owner, desired, selector_string, with_canary_backend
 from mnist_operator.settings import OperatorSettings
 from mnist_operator.spec import parse_spec
 
@@ -417,3 +417,74 @@ def test_selector_string_matches_the_selector() -> None:
 def test_builders_are_deterministic() -> None:
     spec = {"modelVersion": "1", "exposure": {"enabled": True}, "autoscaling": {"maxReplicas": 2}}
     assert build(spec, OPENSHIFT) == build(spec, OPENSHIFT)
+
+
+GATEWAY_API = api.Capabilities(routes=True, http_routes=True)
+
+
+def test_a_gateway_gets_an_http_route_instead_of_a_route_or_an_ingress() -> None:
+    exposure = {
+        "enabled": True,
+        "host": "digits.example.com",
+        "gateway": {"name": "public", "namespace": "gateways", "sectionName": "https"},
+        "annotations": {"team": "vision"},
+    }
+    children = build({"modelVersion": "1", "exposure": exposure}, GATEWAY_API)
+    assert set(children) == {"Deployment", "Service", "HTTPRoute"}
+    route = children["HTTPRoute"]
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["metadata"]["name"] == "digits" and route["metadata"]["annotations"] == {"team": "vision"}
+    assert route["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert route["spec"] == {
+        "parentRefs": [
+            {
+                "group": "gateway.networking.k8s.io",
+                "kind": "Gateway",
+                "name": "public",
+                "namespace": "gateways",
+                "sectionName": "https",
+            }
+        ],
+        "hostnames": ["digits.example.com"],
+        "rules": [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [{"group": "", "kind": "Service", "name": "digits", "port": api.SERVICE_PORT}],
+            }
+        ],
+    }
+    # The Service's port is the one the backend names.
+    assert children["Service"]["spec"]["ports"][0]["port"] == api.SERVICE_PORT
+
+
+def test_a_gateway_without_host_namespace_or_listener_leaves_them_out() -> None:
+    spec = {"modelVersion": "1", "exposure": {"enabled": True, "gateway": {"name": "public"}}}
+    route = build(spec, GATEWAY_API)["HTTPRoute"]
+    assert route["spec"]["parentRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}
+    ]
+    assert "hostnames" not in route["spec"]
+
+
+@pytest.mark.parametrize("caps", [PLAIN, OPENSHIFT], ids=["plain", "openshift"])
+def test_a_gateway_without_the_http_route_api_gets_no_route_or_ingress_in_its_place(
+    caps: api.Capabilities,
+) -> None:
+    spec = {"modelVersion": "1", "exposure": {"enabled": True, "gateway": {"name": "public"}}}
+    assert set(build(spec, caps)) == {"Deployment", "Service"}  # ExposureReady says why
+
+
+def test_a_disabled_exposure_gets_no_http_route() -> None:
+    spec = {"modelVersion": "1", "exposure": {"enabled": False, "gateway": {"name": "public"}}}
+    assert set(build(spec, GATEWAY_API)) == {"Deployment", "Service"}
+
+
+def test_the_canary_backend_weighs_an_http_routes_two_services() -> None:
+    spec = {"modelVersion": "1", "exposure": {"enabled": True, "gateway": {"name": "public"}}}
+    route = with_canary_backend(build(spec, GATEWAY_API)["HTTPRoute"], OWNER, 10)
+    [rule] = route["spec"]["rules"]
+    assert [(b["name"], b["weight"], b["port"]) for b in rule["backendRefs"]] == [
+        ("digits", 90, api.SERVICE_PORT),
+        ("digits-canary", 10, api.SERVICE_PORT),
+    ]
+    assert route["spec"]["parentRefs"][0]["name"] == "public"

@@ -116,9 +116,12 @@ class OwnerIndexes:
 
 
 class World:
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, routes: bool = False) -> None:
-        self.client = FakeClient(routes=routes)
-        self.exposed = routes
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, *, routes: bool = False, gateway: bool = False
+    ) -> None:
+        self.client = FakeClient(routes=routes, http_routes=gateway)
+        self.exposed = routes or gateway
+        self.gateway = gateway
         self.cache = Cache()
         self.indexes = OwnerIndexes(self.client, self.cache)
         self.clock = 1_700_000_000.0
@@ -162,6 +165,8 @@ class World:
         }
         if self.exposed:
             body["spec"]["exposure"] = {"enabled": True, "host": "digits.apps.example.com"}
+        if self.gateway:
+            body["spec"]["exposure"]["gateway"] = {"name": "public"}
         body["metadata"]["annotations"] = annotations
         body["metadata"]["resourceVersion"] = str(next(self.client._rv))
         self.client.objects[(api.KIND, "ml", "digits")] = body
@@ -487,6 +492,35 @@ async def test_with_a_route_the_split_is_the_routes_exact_weight(monkeypatch: py
     assert world.status()["canary"]["phase"] == "RolledBack"
     route = world.client.objects[("Route", "ml", "digits")]
     assert "alternateBackends" not in route["spec"] and route["spec"]["to"]["weight"] == 100
+
+
+def _backends(world: World) -> list[dict[str, Any]]:
+    [rule] = world.client.objects[("HTTPRoute", "ml", "digits")]["spec"]["rules"]
+    refs: list[dict[str, Any]] = rule["backendRefs"]
+    return [{k: ref[k] for k in ("name", "weight") if k in ref} for ref in refs]
+
+
+@pytest.mark.asyncio
+async def test_with_an_http_route_the_split_is_its_backends_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(monkeypatch, routes=True, gateway=True)  # the Gateway wins over the Route
+    await started_canary(world)
+    assert ("Route", "ml", "digits") not in world.client.objects
+    canary_dep = world.deployment("digits-canary")
+    assert canary_dep is not None
+    assert canary_dep["spec"]["template"]["metadata"]["labels"][api.LABEL_INSTANCE] == "digits-canary"
+    service = world.client.objects[("Service", "ml", "digits-canary")]
+    assert service["spec"]["selector"][api.LABEL_INSTANCE] == "digits-canary"
+    assert _backends(world) == [{"name": "digits", "weight": 100}, {"name": "digits-canary", "weight": 0}]
+    world.roll_out("digits-canary")
+    await world.reconcile()
+    assert _backends(world) == [{"name": "digits", "weight": 90}, {"name": "digits-canary", "weight": 10}]
+    status = world.status()["canary"]
+    assert (status["trafficSplit"], status["trafficWeight"]) == ("HTTPRoute", 10)
+    world.clock += 61
+    world.answers.append(sides(UNSURE))
+    await world.reconcile()
+    assert world.status()["canary"]["phase"] == "RolledBack"
+    assert _backends(world) == [{"name": "digits"}]
 
 
 def test_default_analysis_is_used_when_the_spec_gives_none() -> None:

@@ -26,8 +26,12 @@ NOW = "2026-01-01T00:00:00Z"
 class FakeClient:
     """Just enough of KubeClient: records writes, answers like an API server would."""
 
-    def __init__(self, *, routes: bool = False, monitors: bool = False) -> None:
-        self.served = {"route.openshift.io": routes, "monitoring.coreos.com": monitors}
+    def __init__(self, *, routes: bool = False, monitors: bool = False, http_routes: bool = False) -> None:
+        self.served = {
+            "route.openshift.io": routes,
+            "monitoring.coreos.com": monitors,
+            "gateway.networking.k8s.io": http_routes,
+        }
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, str, str]] = []
         self.events: list[tuple[str, str]] = []
@@ -35,7 +39,11 @@ class FakeClient:
         self._rv = itertools.count(100)
 
     async def served_resources(self, group: str, version: str) -> set[str] | None:
-        plural = {"route.openshift.io": "routes", "monitoring.coreos.com": "servicemonitors"}[group]
+        plural = {
+            "route.openshift.io": "routes",
+            "monitoring.coreos.com": "servicemonitors",
+            "gateway.networking.k8s.io": "httproutes",
+        }[group]
         return {plural} if self.served[group] else None
 
     async def get(self, kind: api.ResourceKind, namespace: str, name: str) -> dict[str, Any] | None:
@@ -282,6 +290,22 @@ async def test_outcomes_are_counted_by_result_and_an_unexpected_failure_by_reaso
     assert count(metrics.reconciles, result="retry") == 0
     assert count(metrics.errors, reason="InvalidSpec") == 1
     assert count(metrics.errors, reason="Unexpected") == 1
+
+
+async def test_a_gateway_without_the_http_route_api_is_a_condition_not_a_crash(world: Any) -> None:
+    client, _, indexes, reconcile = world
+    exposure = {"enabled": True, "host": "digits.example.com", "gateway": {"name": "public"}}
+    create(client, indexes, {"modelVersion": "1", "exposure": exposure})
+    await reconcile(("ml", "digits"))
+    conditions = {c["type"]: c for c in client.objects[(api.KIND, "ml", "digits")]["status"]["conditions"]}
+    assert conditions["ExposureReady"]["reason"] == "GatewayAPIMissing"
+    assert not any(w[1] in {"HTTPRoute", "Ingress", "Route"} for w in client.writes)
+    # The Gateway API gets installed: the next reconcile (after discovery) creates the HTTPRoute.
+    client.served["gateway.networking.k8s.io"] = True
+    await reconcile(("ml", "digits"))
+    assert ("apply", "HTTPRoute", "mnist-operator") in client.writes
+    route = client.objects[("HTTPRoute", "ml", "digits")]
+    assert route["spec"]["parentRefs"][0]["name"] == "public"
 
 
 async def test_missing_service_monitor_api_is_a_condition_not_a_crash(world: Any) -> None:

@@ -123,6 +123,15 @@ def test_a_route_without_a_host_is_fine_openshift_generates_a_unique_one() -> No
     assert judge(exposed(), relaxed).refusals == ()
 
 
+def test_an_http_route_without_a_host_is_fine_the_gateway_listener_decides() -> None:
+    assert judge(exposed(gateway={"name": "public"})).refusals == ()
+    # The allowed domains still apply to a host it names.
+    assert (
+        judge(exposed(host="a.example.com", gateway={"name": "public"})).refusals
+        == judge(exposed(host="a.example.com")).refusals
+    )
+
+
 def test_every_refusal_is_reported_with_its_rule() -> None:
     verdict = judge(
         {

@@ -13,6 +13,7 @@ from mnist_operator.spec import (
     Canary,
     CanaryStep,
     Exposure,
+    GatewayRef,
     MnistModelSpec,
     Rollout,
     ServiceMonitorSpec,
@@ -247,4 +248,32 @@ CANARY = {"strategy": "Canary"}
 def test_bad_canary_names_the_field(rollout: dict[str, Any], field: str) -> None:
     with pytest.raises(SpecError) as caught:
         parse_spec({"modelVersion": "1", "rollout": rollout})
+    assert caught.value.field == field
+
+
+def test_a_gateway_is_parsed_and_absent_by_default() -> None:
+    assert parse_spec({"modelVersion": "1"}).exposure.gateway is None
+    exposure = {"enabled": True, "gateway": {"name": "public", "namespace": "gw", "sectionName": "https"}}
+    parsed = parse_spec({"modelVersion": "1", "exposure": exposure}).exposure
+    assert parsed.gateway == GatewayRef(name="public", namespace="gw", section_name="https")
+    assert parse_spec({"modelVersion": "1", "exposure": {"gateway": {"name": "p"}}}).exposure.gateway == (
+        GatewayRef(name="p")
+    )
+
+
+@pytest.mark.parametrize(
+    ("exposure", "field"),
+    [
+        ({"gateway": {}}, "exposure.gateway.name"),
+        ({"gateway": "public"}, "exposure.gateway"),
+        ({"gateway": {"name": "Public"}}, "exposure.gateway.name"),
+        ({"gateway": {"name": "p", "namespace": "a_b"}}, "exposure.gateway.namespace"),
+        ({"gateway": {"name": "p", "sectionName": 1}}, "exposure.gateway.sectionName"),
+        ({"gateway": {"name": "p"}, "ingressClassName": "nginx"}, "exposure.ingressClassName"),
+        ({"gateway": {"name": "p"}, "tls": "edge", "host": "a.b"}, "exposure.tls"),
+    ],
+)
+def test_a_bad_gateway_names_the_field(exposure: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"modelVersion": "1", "exposure": exposure})
     assert caught.value.field == field

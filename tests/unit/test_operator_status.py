@@ -651,3 +651,45 @@ def test_events_on_transitions_only(
     before: list[dict[str, Any]], after: list[dict[str, Any]], events: list[Event]
 ) -> None:
     assert transition_events(before, after) == events
+
+
+GATEWAY_SPEC = {"enabled": True, "host": "digits.example.com", "gateway": {"name": "public"}}
+GATEWAY_API = api.Capabilities(http_routes=True)
+
+
+def _http_route(*accepted: str) -> dict[str, Any]:
+    parents = [
+        {
+            "parentRef": {"name": "public"},
+            "controllerName": "example.com/gw",
+            "conditions": [{"type": "Accepted", "status": status, "reason": "R", "message": "m"}],
+        }
+        for status in accepted
+    ]
+    return {"kind": "HTTPRoute", "metadata": {"name": "digits"}, "status": {"parents": parents}}
+
+
+@pytest.mark.parametrize(
+    ("caps", "exposure", "expected"),
+    [
+        (PLAIN, None, ("False", "GatewayAPIMissing")),
+        (api.Capabilities(routes=True), None, ("False", "GatewayAPIMissing")),  # no Route instead
+        (GATEWAY_API, None, ("False", "HTTPRoutePending")),
+        (GATEWAY_API, _http_route(), ("Unknown", "AwaitingAcceptance")),
+        (GATEWAY_API, _http_route("False"), ("False", "HTTPRouteNotAccepted")),
+        (GATEWAY_API, _http_route("False", "True"), ("True", "HTTPRouteAccepted")),
+    ],
+)
+def test_exposure_ready_through_a_gateway(
+    caps: api.Capabilities, exposure: dict[str, Any] | None, expected: tuple[str, str]
+) -> None:
+    parsed = parse_spec({"modelVersion": "4", "exposure": GATEWAY_SPEC})
+    got = conds(Observed(deployment=deployment(), exposure=exposure), parsed, caps)["ExposureReady"]
+    assert got[:2] == expected
+
+
+def test_a_missing_gateway_api_tells_the_user_what_to_do() -> None:
+    parsed = parse_spec({"modelVersion": "4", "exposure": GATEWAY_SPEC})
+    got = conds(Observed(deployment=deployment()), parsed, PLAIN)["ExposureReady"]
+    assert "gateway.networking.k8s.io/v1 HTTPRoute API is not served" in got[2]
+    assert "remove spec.exposure.gateway" in got[2]

@@ -211,9 +211,11 @@ def expected_rules(exposure: api.ResourceKind, *, namespaced: bool) -> dict[tupl
         expected[api.CRD.group, api.CRD.plural] = {"list", "watch"}
     for kind in WATCHED_CHILDREN:  # kopf lists and watches every child kind (and the pods)
         expected[kind.group, kind.plural] = {"list", "watch"}
-    for kind in (api.DEPLOYMENT, api.SERVICE, api.SERVICE_MONITOR, api.HPA, api.PDB, exposure):
+    applied = (api.DEPLOYMENT, api.SERVICE, api.SERVICE_MONITOR, api.HPA, api.PDB, api.HTTPROUTE, exposure)
+    for kind in applied:
         expected[kind.group, kind.plural] |= {"get", "create", "patch"}  # server-side apply
-    for kind in (api.SERVICE_MONITOR, api.HPA, api.PDB, exposure):  # dropped from the spec -> deleted
+    # Dropped from the spec -> deleted (an HTTPRoute on any platform: spec.exposure.gateway).
+    for kind in (api.SERVICE_MONITOR, api.HPA, api.PDB, api.HTTPROUTE, exposure):
         expected[kind.group, kind.plural].add("delete")
     if exposure is api.ROUTE:
         expected[api.ROUTE.group, "routes/custom-host"] = {"create"}
