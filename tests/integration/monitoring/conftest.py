@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import http.server
-import os
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -38,6 +36,7 @@ from monitoring_support import (
     OPERATOR_TARGET_LABELS,
     Prometheus,
     running_prometheus,
+    start_model_server,
     stop,
 )
 from testkit import free_port, wait_for
@@ -45,7 +44,6 @@ from testkit import free_port, wait_for
 ROOT = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 RULE_FILE = ROOT / "manifests" / "monitoring" / "prometheus-rule.yaml"
-SERVER_SCRIPT = Path(sys.executable).parent / "mnist-server"
 
 
 @pytest.fixture(scope="module")
@@ -61,30 +59,9 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_server(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     log_path = tmp_path_factory.mktemp("monitoring-server") / "server.log"
-    env = {
-        **os.environ,
-        "MNIST_SERVER_MODEL_ROOT": str(model_root),
-        "MNIST_SERVER_MODEL_VERSION": "1",
-        "MNIST_SERVER_HOST": "127.0.0.1",
-        "MNIST_SERVER_PORT": str(port),
-        "MNIST_SERVER_WORKERS": "1",
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([str(SERVER_SCRIPT)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool | None:
-        if process.poll() is not None:
-            pytest.fail(f"mnist-server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            return True if requests.get(f"{url}/readyz", timeout=2).status_code == 200 else None
-        except requests.RequestException:
-            return None
-
+    url, process = start_model_server(model_root, "1", log_path)
     try:
-        wait_for(ready, "mnist-server /readyz", timeout=180, interval=0.3)
         yield url
     finally:
         stop(process)

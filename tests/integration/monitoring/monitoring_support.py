@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,8 +18,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import requests
 import yaml
 from testkit import free_port, wait_for
+
+SERVER_SCRIPT = Path(sys.executable).parent / "mnist-server"
 
 # How the Prometheus operator would label the model server's target (from the ServiceMonitor the
 # operator makes for MnistModel ml/mnist-demo) and the operator's target.
@@ -90,3 +95,36 @@ def running_prometheus(config: dict[str, Any], work: Path) -> Iterator[Prometheu
         yield prometheus
     finally:
         stop(process)
+
+
+def start_model_server(
+    root: Path, version: str, log: Path, *, ready: bool = True
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """mnist-server (one worker) serving `version` from `root` on a free port, once /readyz says it
+    is ready (or, with `ready=False`, once it says the model failed to load); logs to `log`."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MNIST_SERVER_MODEL_ROOT": str(root),
+        "MNIST_SERVER_MODEL_VERSION": version,
+        "MNIST_SERVER_HOST": "127.0.0.1",
+        "MNIST_SERVER_PORT": str(port),
+        "MNIST_SERVER_WORKERS": "1",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(SERVER_SCRIPT)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool | None:
+        if process.poll() is not None:
+            pytest.fail(f"mnist-server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            answer = requests.get(f"{url}/readyz", timeout=2)
+        except requests.RequestException:
+            return None
+        if not ready:  # a model that cannot load: up, but failed (503 load_failed)
+            return True if answer.status_code == 503 and "load_failed" in answer.text else None
+        return True if answer.status_code == 200 else None
+
+    wait_for(healthy, f"mnist-server version {version} /readyz", timeout=180, interval=0.3)
+    return url, process

@@ -10,7 +10,6 @@ sent to both (nine to one), and the operator's own queries and verdict function 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -29,12 +28,11 @@ from mnist_operator.spec import Analysis
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from canary_models import CanaryModels, train_canary_models
-from monitoring_support import Prometheus, running_prometheus, stop
+from monitoring_support import Prometheus, running_prometheus, start_model_server, stop
 from testkit import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
-SERVER_SCRIPT = Path(sys.executable).parent / "mnist-server"
 NAMESPACE = "ml"
 CANARY_REQUESTS = 300
 ANALYSIS = Analysis(min_requests=200)
@@ -46,37 +44,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> CanaryModels:
     assert all(trained.accuracy[v] > 0.9 for v in trained.good), trained.accuracy
     assert trained.accuracy[trained.bad] < 0.3, trained.accuracy
     return trained
-
-
-def start_server(
-    root: Path, version: str, log: Path, *, ready: bool = True
-) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MNIST_SERVER_MODEL_ROOT": str(root),
-        "MNIST_SERVER_MODEL_VERSION": version,
-        "MNIST_SERVER_HOST": "127.0.0.1",
-        "MNIST_SERVER_PORT": str(port),
-        "MNIST_SERVER_WORKERS": "1",
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen([str(SERVER_SCRIPT)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool | None:
-        if process.poll() is not None:
-            pytest.fail(f"mnist-server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            answer = requests.get(f"{url}/readyz", timeout=2)
-        except requests.RequestException:
-            return None
-        if not ready:  # a model that cannot load: up, but failed (503 load_failed)
-            return True if answer.status_code == 503 and "load_failed" in answer.text else None
-        return True if answer.status_code == 200 else None
-
-    wait_for(healthy, f"mnist-server version {version} /readyz", timeout=180, interval=0.3)
-    return url, process
 
 
 BROKEN = "9"
@@ -100,7 +67,9 @@ def servers(models: CanaryModels, tmp_path_factory: pytest.TempPathFactory) -> I
             ("broken", BROKEN),
         )
         for role, version in roles:
-            started[role] = start_server(models.root, version, logs / f"{role}.log", ready=role != "broken")
+            started[role] = start_model_server(
+                models.root, version, logs / f"{role}.log", ready=role != "broken"
+            )
         yield {role: url for role, (url, _) in started.items()}
     finally:
         for _, process in started.values():
