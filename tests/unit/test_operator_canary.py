@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_operator_controller import NOW, FakeClient, model
+from test_operator_controller import NOW, FakeClient, FakeIndexes, model
 
 from mnist_operator import analysis, api, canary, controller
 from mnist_operator.analysis import Result, Side
@@ -93,15 +93,11 @@ def test_a_hand_made_promote_or_abort_counts_only_for_the_version_it_names() -> 
 # --- the reconcile ----------------------------------------------------------------------------
 
 
-class OwnerIndexes:
+class OwnerIndexes(FakeIndexes):
     """kopf indexes as the operator's handlers key them: children under their owner's key."""
 
     def __init__(self, client: FakeClient, cache: Cache) -> None:
-        self.client = client
-        self.indexes: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = {}
-        for kind in (api.KIND, *(k.kind for k in api.CHILD_KINDS), api.POD.kind):
-            self.indexes[kind] = {}
-            cache.attach(kind, self.indexes[kind])
+        super().__init__(client, cache)
         self.pods: list[dict[str, Any]] = []
 
     def sync(self) -> None:
