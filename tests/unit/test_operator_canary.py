@@ -168,6 +168,14 @@ class World:
         self.client.objects[(api.KIND, "ml", "digits")] = body
         self.indexes.sync()
 
+    async def end_step(self, answer: tuple[Side, Side] | PrometheusError | None = None) -> None:
+        """The step's pause (60 s) passes and the canary is judged on Prometheus's `answer` (None:
+        no answer queued, for a reconciler that has no Prometheus to ask)."""
+        self.clock += 61
+        if answer is not None:
+            self.answers.append(answer)
+        await self.reconcile()
+
     async def reconcile(self) -> None:
         self.indexes.sync()
         await self.reconciler.reconcile(self.client.objects[(api.KIND, "ml", "digits")])
@@ -275,9 +283,7 @@ async def test_a_good_canary_is_promoted_through_every_step(world: World) -> Non
     world.roll_out("digits-canary")
     await world.reconcile()
     assert world.status()["canary"]["stepStartedAt"] and world.scheduled[-1] == pytest.approx(60.5)
-    world.clock += 61
-    world.answers.append(sides())
-    await world.reconcile()
+    await world.end_step(sides())
     step2 = world.status()["canary"]
     assert (step2["step"], step2["weight"], step2["phase"]) == (2, 50, "Progressing")
     assert {c["name"]: c["result"] for c in step2["checks"]}["confidenceDivergence"] == "Pass"
@@ -307,9 +313,7 @@ async def test_a_guessing_canary_is_rolled_back_and_the_stable_version_never_cha
     world.roll_out("digits-canary")
     await world.reconcile()
     stable_before = copy.deepcopy(world.deployment())
-    world.clock += 61
-    world.answers.append(sides(UNSURE))
-    await world.reconcile()
+    await world.end_step(sides(UNSURE))
     status = world.status()
     assert status["canary"]["phase"] == "RolledBack"
     assert "confidenceDivergence" in status["canary"]["message"]
@@ -329,9 +333,7 @@ async def test_errors_roll_back_on_the_health_check(world: World) -> None:
     await started_canary(world)
     world.roll_out("digits-canary")
     await world.reconcile()
-    world.clock += 61
-    world.answers.append(sides(errors=30))
-    await world.reconcile()
+    await world.end_step(sides(errors=30))
     assert world.status()["canary"]["phase"] == "RolledBack"
     assert "errorRate 0.1 (at most 0.01)" in world.status()["canary"]["message"]
 
@@ -341,9 +343,7 @@ async def test_no_verdict_pauses_with_the_reason_and_retries(world: World) -> No
     await started_canary(world)
     world.roll_out("digits-canary")
     await world.reconcile()
-    world.clock += 61
-    world.answers.append(PrometheusError("Prometheus at http://prometheus.test:9090 could not be reached"))
-    await world.reconcile()
+    await world.end_step(PrometheusError("Prometheus at http://prometheus.test:9090 could not be reached"))
     status = world.status()["canary"]
     assert status["phase"] == "Paused" and "could not be reached" in status["message"]
     assert world.ready()["reason"] == "CanaryPaused" and world.scheduled[-1] == canary.RETRY_SECONDS
@@ -415,8 +415,7 @@ async def test_without_prometheus_a_canary_pauses_and_never_promotes(world: Worl
     await started_canary(world)
     world.roll_out("digits-canary")
     await world.reconcile()
-    world.clock += 61
-    await world.reconcile()
+    await world.end_step()
     assert world.status()["canary"]["phase"] == "Paused"
     assert "MNIST_OPERATOR_PROMETHEUS_URL" in world.status()["canary"]["message"]
 
@@ -482,9 +481,7 @@ async def test_with_a_route_the_split_is_the_routes_exact_weight(monkeypatch: py
     assert route["spec"]["alternateBackends"] == [{"kind": "Service", "name": "digits-canary", "weight": 10}]
     status = world.status()["canary"]
     assert (status["trafficSplit"], status["trafficWeight"]) == ("Route", 10)
-    world.clock += 61
-    world.answers.append(sides(UNSURE))
-    await world.reconcile()
+    await world.end_step(sides(UNSURE))
     assert world.status()["canary"]["phase"] == "RolledBack"
     route = world.client.objects[("Route", "ml", "digits")]
     assert "alternateBackends" not in route["spec"] and route["spec"]["to"]["weight"] == 100
@@ -512,9 +509,7 @@ async def test_with_an_http_route_the_split_is_its_backends_weights(monkeypatch:
     assert _backends(world) == [{"name": "digits", "weight": 90}, {"name": "digits-canary", "weight": 10}]
     status = world.status()["canary"]
     assert (status["trafficSplit"], status["trafficWeight"]) == ("HTTPRoute", 10)
-    world.clock += 61
-    world.answers.append(sides(UNSURE))
-    await world.reconcile()
+    await world.end_step(sides(UNSURE))
     assert world.status()["canary"]["phase"] == "RolledBack"
     assert _backends(world) == [{"name": "digits"}]
 
