@@ -107,7 +107,6 @@ def create_app(
         readiness_gate=readiness_gate,
         draining=app.draining,
         decode=app.decode,
-        alone=app.alone,
     )
     # A model that batches requests reports its own model calls; otherwise each request is one.
     observe_batches = getattr(model, "observe_batches", None)
@@ -146,25 +145,11 @@ class App:
         """Requests of this worker past their body: being decoded, waiting for the model or in it."""
         return self._inflight
 
-    def alone(self) -> bool:
-        """Whether the request being handled is the only work of this worker's event loop: no
-        other request past its body, and no callback ready to run (such as a request that has just
-        arrived). Work done on the loop blocks it; only a lone request may do so, for speed. Under
-        load, decoding and model calls leave the loop, which so stays free to read requests,
-        answer probes and refuse what it cannot admit within milliseconds."""
-        if self._inflight > 1:
-            return False
-        ready = getattr(asyncio.get_running_loop(), "_ready", None)  # asyncio's run queue
-        return ready is not None and not ready
-
     async def decode(self, request: Request, parse: Callable[[Request], T]) -> T:
-        """``parse(request)``: on the event loop for a lone small request, else on a decoding
-        thread (image uploads and large bodies always)."""
-        if (
-            len(request.body) <= INLINE_DECODE_BYTES
-            and request.mimetype not in _UPLOAD_TYPES
-            and self.alone()
-        ):
+        """``parse(request)``: on the event loop for a small body (a single image's JSON takes
+        ~0.1 ms; handing it to a thread and back cost more, in waits for the GIL), on a decoding
+        thread for image uploads and large bodies, whose decoding would stall the loop."""
+        if len(request.body) <= INLINE_DECODE_BYTES and request.mimetype not in _UPLOAD_TYPES:
             return parse(request)
         if self._decoder is None:
             self._decoder = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="decode")
@@ -276,7 +261,9 @@ class App:
                 held=held,
             )
             try:
-                return await asyncio.wait_for(reading, self.settings.body_timeout)
+                # asyncio.timeout, not wait_for: no task per request around the read.
+                async with asyncio.timeout(self.settings.body_timeout):
+                    return await reading
             except TimeoutError:
                 raise BodyTimeoutError(
                     f"the request body did not arrive within {self.settings.body_timeout} s "
@@ -369,7 +356,6 @@ class Endpoints:
         readiness_gate: Callable[[], str | None] | None,
         draining: Callable[[], bool],
         decode: Callable[[Request, Callable[[Request], Any]], Awaitable[Any]],
-        alone: Callable[[], bool],
     ) -> None:
         self.settings = settings
         self.model = model
@@ -378,10 +364,9 @@ class Endpoints:
         self.readiness_gate = readiness_gate
         self.draining = draining
         self.decode = decode
-        self.alone = alone
         self.version = _package_version()
         self.model_reports_batches = False
-        self._predict_async: Callable[[Images, bool], Awaitable[Probabilities]] | None = getattr(
+        self._predict_async: Callable[[Images], Awaitable[Probabilities]] | None = getattr(
             model, "predict_async", None
         )
 
@@ -524,7 +509,7 @@ class Endpoints:
     async def _infer(self, images: Images) -> Probabilities:
         started = time.perf_counter()
         if self._predict_async is not None:
-            probabilities = await self._predict_async(images, self.alone())
+            probabilities = await self._predict_async(images)
         else:
             probabilities = self.model.predict(images)
         if self.model_reports_batches:

@@ -45,6 +45,16 @@ class JsonBody:
     # every element: one long string among 100,000 numbers costs gigabytes. Only a body with
     # strings other than its top-level keys needs the check (every string is two quotes).
     mentions_strings: bool = True
+    quotes: int = -1  # the '"' characters in the body (-1: not counted)
+
+    def may_hold_strings_in(self, part: Any) -> bool:
+        """Whether ``part`` (a value inside this body, e.g. a tensor's data) may hold strings:
+        not if the strings elsewhere in the body, counted in a walk that skips ``part``, account
+        for every quote (each string has at least two). A walk too long to be worth it says yes."""
+        if not self.mentions_strings:
+            return False
+        found = _strings_outside(self.value, part, budget=[_STRING_WALK_BUDGET])
+        return found < 0 or self.quotes != 2 * found
 
 
 @dataclass(frozen=True)
@@ -69,10 +79,12 @@ def parse_json(raw: bytes, max_batch: int | None = None) -> JsonBody:
         pass
     else:
         if isinstance(value, dict):
+            quotes = raw.count(b'"')
             return JsonBody(
                 value,
                 mentions_booleans=b"true" in raw or b"false" in raw,
-                mentions_strings=raw.count(b'"') != 2 * len(value),
+                mentions_strings=quotes != 2 * len(value),
+                quotes=quotes,
             )
     if not raw.strip():
         raise InvalidInputError("request body is empty; expected a JSON object", Reason.INVALID_JSON)
@@ -89,11 +101,42 @@ def parse_json(raw: bytes, max_batch: int | None = None) -> JsonBody:
         raise InvalidInputError(
             f"request body must be a JSON object, got a JSON {_json_type(value)}", Reason.INVALID_JSON
         )
+    quotes = text.count('"')
     return JsonBody(
         value,
         mentions_booleans="true" in text or "false" in text,
-        mentions_strings=text.count('"') != 2 * len(value),
+        mentions_strings=quotes != 2 * len(value),
+        quotes=quotes,
     )
+
+
+# Values visited when counting a body's strings outside its data (an envelope has a dozen).
+_STRING_WALK_BUDGET = 256
+
+
+def _strings_outside(value: Any, part: Any, budget: list[int]) -> int:
+    """The strings (object keys included) in ``value`` outside ``part``; -1 once ``budget[0]``
+    values have been visited."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return -1
+    if value is part:
+        return 0
+    if isinstance(value, str):
+        return 1
+    if isinstance(value, dict):
+        found = len(value)
+        items: Any = value.values()
+    elif isinstance(value, list):
+        found, items = 0, value
+    else:
+        return 0
+    for item in items:
+        inner = _strings_outside(item, part, budget)
+        if inner < 0:
+            return -1
+        found += inner
+    return found
 
 
 # Room for the fields around the pixels (ids, shapes, names, parameters).

@@ -246,13 +246,13 @@ class RepositoryModel:
         except BatchingError as exc:
             raise from_batching(exc) from None
 
-    async def predict_async(self, images: Images, alone: bool = False) -> Probabilities:
-        """:meth:`predict` from a coroutine: waits for the batching thread without blocking the
-        event loop; ``alone`` (no other request on the loop) lets an idle model run inline."""
+    async def predict_async(self, images: Images) -> Probabilities:
+        """:meth:`predict` from a coroutine: batched with the other requests of the event loop
+        (see ``MicroBatcher.predict_async``) without blocking it on another thread."""
         if self._state is not LoadState.READY or self._batcher is None:
             return self.predict(images)
         try:
-            return await self._batcher.predict_async(images, alone)
+            return await self._batcher.predict_async(images)
         except BatchingError as exc:
             raise from_batching(exc) from None
 

@@ -477,6 +477,14 @@ def test_v2_infer_nested_fp64_data_a_version_path_and_a_generated_id(server_clie
         (lambda b: b["inputs"][0].update(shape=[2, 28, 28]), 400, "wrong_shape", "needs 1568"),
         (lambda b: b["inputs"][0].update(shape=[0, 28, 28], data=[]), 400, "empty_batch", "empty"),
         (lambda b: b["inputs"][0]["data"].__setitem__(3, "x"), 400, "wrong_dtype", "strings"),
+        (lambda b: b["inputs"][0]["data"].__setitem__(3, "0.5"), 400, "wrong_dtype", "strings"),
+        # Quotes counted outside the data must not hide a string inside it.
+        (
+            lambda b: (b.update(id='say "hi"'), b["inputs"][0]["data"].__setitem__(3, "0.5")),
+            400,
+            "wrong_dtype",
+            "strings",
+        ),
         (lambda b: b["inputs"][0]["data"].__setitem__(3, float("nan")), 400, "non_finite", "NaN"),
         (lambda b: b["inputs"][0]["data"].__setitem__(3, 2.0), 400, "out_of_range", "[0, 1]"),
         (lambda b: b.update(id=7), 400, "bad_request", "'id'"),

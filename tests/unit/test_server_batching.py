@@ -7,6 +7,7 @@ first batch blocks inside the model until the test has queued everything it want
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -354,3 +355,108 @@ def test_observer_sees_every_model_call(model: FakeModel) -> None:
 def test_config_is_validated(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BatchingConfig(**kwargs)  # type: ignore[arg-type]
+
+
+# --- coroutines: gathered per turn of their event loop -------------------------------------
+
+
+class ThreadRecordingModel(FakeModel):
+    """A FakeModel that also records which thread made each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        return super().__call__(images)
+
+
+def test_coroutines_asking_in_one_turn_share_one_call_in_the_loops_own_thread() -> None:
+    model = ThreadRecordingModel()
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
+
+    async def scenario() -> list[np.ndarray]:
+        return list(await asyncio.gather(*(batcher.predict_async(images_with_ids([i])) for i in range(5))))
+
+    answers = asyncio.run(scenario())
+    assert [int(answer[0, 0]) for answer in answers] == [0, 1, 2, 3, 4]
+    assert model.batches == [[0, 1, 2, 3, 4]]
+    assert model.threads == [threading.get_ident()]  # no hand-off to another thread
+
+
+def test_a_turns_requests_beyond_a_batch_run_in_the_next_turns() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=4))
+
+    async def scenario() -> list[np.ndarray]:
+        requests = [batcher.predict_async(images_with_ids([3 * i, 3 * i + 1, 3 * i + 2])) for i in range(3)]
+        return list(await asyncio.gather(*requests))
+
+    answers = asyncio.run(scenario())
+    assert [answer[:, 0].tolist() for answer in answers] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert model.sizes() == [3, 3, 3]  # whole requests only: 3 + 3 does not fit in 4
+
+
+def test_a_lone_coroutine_on_an_idle_loop_is_answered_without_suspending() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model)
+
+    async def scenario() -> object:
+        request = batcher.predict_async(images_with_ids([7]))
+        try:
+            request.send(None)  # one step: an inline answer finishes it, a gathered one suspends
+        except StopIteration as done:
+            return done.value
+        finally:
+            request.close()
+        return None
+
+    answer = asyncio.run(scenario())
+    assert isinstance(answer, np.ndarray) and int(answer[0, 0]) == 7
+
+
+def test_coroutines_queue_for_the_thread_while_it_runs_the_model_and_can_time_out(model: FakeModel) -> None:
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=8))
+    held = hold_batcher(batcher, model)
+
+    async def scenario() -> tuple[list[np.ndarray], BaseException | None]:
+        waiting = asyncio.gather(*(batcher.predict_async(images_with_ids([i])) for i in (1, 2)))
+        late: BaseException | None = None
+        try:
+            await batcher.predict_async(images_with_ids([3]), timeout_s=0.05)
+        except BatchTimeoutError as exc:
+            late = exc
+        model.gate.set()
+        return list(await waiting), late
+
+    answers, late = asyncio.run(scenario())
+    assert isinstance(late, BatchTimeoutError)
+    assert [int(answer[0, 0]) for answer in answers] == [1, 2]
+    assert held[0].result(WAIT)[0, 0] == FakeModel.GATE  # type: ignore[attr-defined]
+    assert model.batches[1] == [1, 2]  # queued together, one batch in the thread
+    assert 3 not in [i for batch in model.batches for i in batch]  # the expired one was dropped
+
+
+def test_a_failing_call_on_the_loop_fails_its_turns_callers_only() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model)
+
+    async def scenario() -> list[object]:
+        first = await asyncio.gather(
+            batcher.predict_async(images_with_ids([1])),
+            batcher.predict_async(images_with_ids([int(FakeModel.POISON)])),
+            return_exceptions=True,
+        )
+        return [*first, await batcher.predict_async(images_with_ids([2]))]
+
+    poisoned_a, poisoned_b, healthy = asyncio.run(scenario())
+    assert isinstance(poisoned_a, RuntimeError) and isinstance(poisoned_b, RuntimeError)
+    assert int(healthy[0, 0]) == 2  # type: ignore[index]
+
+
+def test_a_closed_batcher_refuses_coroutines(model: FakeModel) -> None:
+    batcher = MicroBatcher(model)
+    batcher.close()
+    with pytest.raises(BatcherClosedError):
+        asyncio.run(batcher.predict_async(images_with_ids([1])))

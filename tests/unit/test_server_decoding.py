@@ -198,3 +198,31 @@ def test_nested_strings_are_found_at_any_depth_and_ragged_nesting_is_left_to_num
         numeric_array([[[0.5] * 27 + ["x"]] * 28], "inputs", False)
     with pytest.raises(InvalidInputError, match="ragged"):
         numeric_array([[0.5, 0.5], 0.5], "inputs", False)
+
+
+def v2_body(data: list[object], **extra: object) -> bytes:
+    tensor = {"name": "images", "shape": [1, 28, 28], "datatype": "FP32", "data": data}
+    return json.dumps({"inputs": [tensor], **extra}).encode()
+
+
+def test_a_v2_envelope_s_strings_do_not_force_the_per_element_string_check() -> None:
+    body = parse_json(v2_body([0.5] * 784, id='with "quotes" and \\\\ escapes'))
+    data = body.value["inputs"][0]["data"]
+    assert body.mentions_strings  # the envelope's own strings
+    # Escaped quotes make more quotes than strings: the count proves nothing, so the check runs.
+    assert body.may_hold_strings_in(data)
+    plain = parse_json(v2_body([0.5] * 784, id="request-1", parameters={"a": ["b", 1]}))
+    assert not plain.may_hold_strings_in(plain.value["inputs"][0]["data"])
+
+
+@pytest.mark.parametrize("hidden", ["x", "0.5", ""])
+def test_a_string_in_v2_data_is_always_found(hidden: str) -> None:
+    data: list[object] = [0.5] * 784
+    data[100] = hidden
+    body = parse_json(v2_body(data, id="request-1"))
+    assert body.may_hold_strings_in(body.value["inputs"][0]["data"])
+
+
+def test_an_envelope_too_large_to_walk_counts_as_holding_strings() -> None:
+    body = parse_json(v2_body([0.5] * 784, parameters={"padding": list(range(1000))}))
+    assert body.may_hold_strings_in(body.value["inputs"][0]["data"])

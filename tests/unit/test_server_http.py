@@ -164,7 +164,7 @@ class GatedModel(FakeModel):
         super().__init__()
         self.gate = asyncio.Event()
 
-    async def predict_async(self, images: np.ndarray, alone: bool = False) -> np.ndarray:
+    async def predict_async(self, images: np.ndarray) -> np.ndarray:
         await self.gate.wait()
         return self.predict(images)
 

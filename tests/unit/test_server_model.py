@@ -248,7 +248,7 @@ def test_a_full_queue_is_a_503_overloaded_and_a_closing_batcher_is_not_ready(
             "4096 images are already waiting for the model (limit 4096); retry later"
         )
 
-    async def overloaded_async(images: np.ndarray, alone: bool = False) -> np.ndarray:
+    async def overloaded_async(images: np.ndarray) -> np.ndarray:
         return overloaded(images)
 
     monkeypatch.setattr(model._batcher, "predict", overloaded)

@@ -44,7 +44,7 @@ def parse_predict_request(body: JsonBody, max_batch: int) -> PredictRequest:
         field, value = "instances", _instances(body.value["instances"])
     else:
         field, value = "inputs", _named_input(body.value["inputs"], "inputs")
-    array = numeric_array(value, field, body.mentions_booleans, body.mentions_strings)
+    array = numeric_array(value, field, body.mentions_booleans, body.may_hold_strings_in(value))
     return PredictRequest(check_images(array, field, max_batch, expected=_EXPECTED), row_format=has_instances)
 
 

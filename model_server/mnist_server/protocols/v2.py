@@ -101,7 +101,8 @@ def parse_infer_request(body: JsonBody, max_batch: int, binary: bytes | None = N
     if binary_size is not None:
         array = _binary_array(binary or b"", binary_size, datatype)
     else:
-        array = numeric_array(tensor["data"], "inputs[0].data", body.mentions_booleans, body.mentions_strings)
+        data = tensor["data"]
+        array = numeric_array(data, "inputs[0].data", body.mentions_booleans, body.may_hold_strings_in(data))
     needed = math.prod(shape)
     if array.size != needed:
         raise InvalidInputError(
