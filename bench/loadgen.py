@@ -90,6 +90,9 @@ def measure(
     settle(base + spec.probe.path, sets[spec.probe.payload])
     if warmup > 0:
         run_wrk(url, payload, scenario.concurrency, warmup)
+        # The warm-up's last requests, abandoned by wrk, finish before the measured run starts
+        # (else a server with bounded admission may refuse its first requests).
+        settle(base + spec.probe.path, sets[spec.probe.payload])
     load_before = load_average()
     sampler = TreeSampler(process.pid).start()
     stats, wrk_cores = run_wrk(url, payload, scenario.concurrency, seconds)

@@ -50,6 +50,7 @@ from mnist_server.http import (
     BodyBudgetError,
     BodyTooLargeError,
     Handler,
+    ReadDeadlines,
     Request,
     Response,
     Route,
@@ -129,6 +130,7 @@ class App:
         self.draining = draining
         self.router = Router([])
         self.budget = BodyBudget(BODY_BUDGET_BODIES * settings.max_body_bytes)
+        self.read_deadlines = ReadDeadlines(settings.body_timeout)
         self._inflight = 0
         self._decoder: ThreadPoolExecutor | None = None
         self._wsgi_loops = threading.local()
@@ -261,9 +263,7 @@ class App:
                 held=held,
             )
             try:
-                # asyncio.timeout, not wait_for: no task per request around the read.
-                async with asyncio.timeout(self.settings.body_timeout):
-                    return await reading
+                return await self.read_deadlines.read(reading)
             except TimeoutError:
                 raise BodyTimeoutError(
                     f"the request body did not arrive within {self.settings.body_timeout} s "

@@ -114,8 +114,7 @@ class ServerMetrics:
         # Children are kept: ``labels()`` costs a lock and a lookup on every request otherwise.
         self._digit_counters = [self.predictions.labels(digit=str(digit)) for digit in range(NUM_CLASSES)]
         self._request_series: dict[tuple[str, int], tuple[Any, Any]] = {}
-        for reason in Reason:
-            self.errors.labels(reason=reason.value)
+        self._error_counters = {reason: self.errors.labels(reason=reason.value) for reason in Reason}
         # The prediction routes' request series too: a series born at its first request loses that
         # first scrape's count from increase() and rate(), which a canary's analysis window (and a
         # new pod's first minute) would miss.
@@ -160,7 +159,7 @@ class ServerMetrics:
         self.observe_predictions(probabilities)
 
     def observe_error(self, reason: Reason) -> None:
-        self.errors.labels(reason=reason.value).inc()
+        self._error_counters[reason].inc()
 
 
 def exposition_registry(registry: CollectorRegistry, multiprocess_dir: Path | None) -> CollectorRegistry:

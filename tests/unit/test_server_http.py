@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from server_support import FakeModel, image_with_digit
 
 from mnist_server.app import App, create_app
-from mnist_server.http import Request, Route, Router
+from mnist_server.http import ReadDeadlines, Request, Route, Router
 from mnist_server.settings import Settings
 
 IMAGE = json.dumps({"inputs": image_with_digit(4).tolist()}).encode()
@@ -244,3 +244,27 @@ def test_the_router_matches_templates_by_segment() -> None:
     assert router.match("POST", "/v1/models/m/versions/2:predict")[1] == {"name": "m", "version": "2"}
     assert router.resolve("/v1/models/a/b") is None
     assert router.resolve("/v1/models/mnist:predictx") is None
+
+
+def test_read_deadlines_cut_only_reads_past_their_deadline_and_leave_other_cancellations() -> None:
+    deadlines = ReadDeadlines(timeout=0.05, period=0.01)
+
+    async def scenario() -> tuple[bytes, type[BaseException], type[BaseException]]:
+        quick = await deadlines.read(asyncio.sleep(0, b"body"))
+        try:
+            await deadlines.read(asyncio.sleep(3600))
+        except TimeoutError as exc:
+            stalled: type[BaseException] = type(exc)
+        task = asyncio.ensure_future(deadlines.read(asyncio.sleep(3600)))
+        await asyncio.sleep(0)
+        task.cancel()  # a cancellation of its own, before the deadline
+        try:
+            await task
+        except asyncio.CancelledError as exc:
+            cancelled: type[BaseException] = type(exc)
+        return quick, stalled, cancelled
+
+    quick, stalled, cancelled = asyncio.run(scenario())
+    assert quick == b"body"
+    assert stalled is TimeoutError
+    assert cancelled is asyncio.CancelledError
