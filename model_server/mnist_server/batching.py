@@ -175,10 +175,12 @@ def _finish_all(finished: list[tuple[Pending, FloatArray | None, BaseException |
 
 
 def _idle(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether ``loop`` has no callback ready to run besides the caller (asyncio's run queue;
-    another loop implementation counts as busy)."""
+    """Whether ``loop`` has next to nothing else to run: at most one ready callback (asyncio's
+    run queue; another loop implementation counts as busy). One, because a server thread waking
+    the loop (Granian hands each request over that way) leaves the loop's self-pipe reader
+    there: a lone request always finds it."""
     ready = getattr(loop, "_ready", None)
-    return ready is not None and not ready
+    return ready is not None and len(ready) <= 1
 
 
 def _settle(items: list[tuple[Pending, FloatArray | None, BaseException | None]]) -> None:
