@@ -443,15 +443,14 @@ def test_a_failing_call_on_the_loop_fails_its_turns_callers_only() -> None:
     batcher = MicroBatcher(model)
 
     async def scenario() -> list[object]:
+        ids = [1, int(FakeModel.POISON), 3]
         first = await asyncio.gather(
-            batcher.predict_async(images_with_ids([1])),
-            batcher.predict_async(images_with_ids([int(FakeModel.POISON)])),
-            return_exceptions=True,
+            *(batcher.predict_async(images_with_ids([i])) for i in ids), return_exceptions=True
         )
         return [*first, await batcher.predict_async(images_with_ids([2]))]
 
-    poisoned_a, poisoned_b, healthy = asyncio.run(scenario())
-    assert isinstance(poisoned_a, RuntimeError) and isinstance(poisoned_b, RuntimeError)
+    *poisoned, healthy = asyncio.run(scenario())
+    assert all(isinstance(answer, RuntimeError) for answer in poisoned)
     assert int(healthy[0, 0]) == 2  # type: ignore[index]
 
 
