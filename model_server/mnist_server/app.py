@@ -3,8 +3,9 @@
 ``create_app`` returns an :class:`App`, served by Granian's RSGI interface in production: the
 worker's event loop reads request bodies (within a size limit, a byte budget and a deadline), so
 a slow or stalled client holds no thread; JSON of a small request is decoded on the loop, image
-uploads and large bodies on ``THREADS`` decoding threads; the model runs in the micro-batcher's
-thread. The same app is a WSGI application (tests use Werkzeug's test client on it).
+uploads and large bodies on ``THREADS`` decoding threads; the model is called through the
+micro-batcher (``mnist_server.batching``), mostly from the loop's own thread. The same app is a
+WSGI application (tests use Werkzeug's test client on it).
 
 Every error a route, a decoder or the HTTP layer raises is turned into JSON in one place
 (``App.error_response``): ``{"error": <what was wrong>, "reason": <machine-readable>}`` with the
