@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from mnist_server.batching import (
+    LOOP_REQUEST_IMAGES,
     BatcherClosedError,
     BatcherOverloadedError,
     BatchingConfig,
@@ -459,3 +460,20 @@ def test_a_closed_batcher_refuses_coroutines(model: FakeModel) -> None:
     batcher.close()
     with pytest.raises(BatcherClosedError):
         asyncio.run(batcher.predict_async(images_with_ids([1])))
+
+
+def test_a_coroutine_s_request_of_many_images_goes_to_the_batching_thread() -> None:
+    model = ThreadRecordingModel()
+    batcher = MicroBatcher(model, BatchingConfig(max_batch_size=64))
+    many = list(range(LOOP_REQUEST_IMAGES + 1))
+
+    async def scenario() -> tuple[np.ndarray, np.ndarray]:
+        return (
+            await batcher.predict_async(images_with_ids(many)),
+            await batcher.predict_async(images_with_ids([1])),
+        )
+
+    large, small = asyncio.run(scenario())
+    assert large[:, 0].tolist() == many and int(small[0, 0]) == 1
+    assert model.threads[0] != threading.get_ident()  # the batching thread's call
+    assert model.threads[1] == threading.get_ident()  # the loop's own
