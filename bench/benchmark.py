@@ -86,7 +86,8 @@ def _start_up(
 ) -> None:
     """Time to the first answer, accuracy on real test images, and memory idle, into `run`."""
     probe = sets[spec.probe.payload]
-    run.ready_seconds = wait_ready(process, base + spec.probe.path, *first_body(probe))
+    ready_url = base + spec.ready_path if spec.ready_path else None
+    run.ready_seconds = wait_ready(process, base + spec.probe.path, *first_body(probe), ready_url=ready_url)
     run.sanity_accuracy = sanity_accuracy(base + spec.probe.path, probe, labels)
     idle = TreeSampler(process.pid)
     idle.start()

@@ -53,6 +53,9 @@ class ServerSpec:
     scenarios: list[Scenario]
     probe: Scenario  # readiness probe and sanity check: a single-image request
     notes: str
+    # A GET that answers 200 only once every worker process is ready (one 200 from `probe` may
+    # come from the one worker that has loaded its model), or None.
+    ready_path: str | None = None
 
     def on_port(self, port: int) -> ServerSpec:
         """This server listening on `port`: ``{port}`` in its command and MNIST_SERVER_PORT."""
@@ -86,6 +89,7 @@ def ours_variants(base: ServerSpec, variants: list[str], sweep: bool = False) ->
                 scenarios=base.scenarios,
                 probe=base.probe,
                 notes=f"{base.notes}, {described}",
+                ready_path=base.ready_path,
             )
         )
     return specs
@@ -131,6 +135,7 @@ def server_specs(
                 | {"MNIST_SERVER_BACKEND": "onnx", "PYTHONPATH": str(before.resolve() / "model_server")},
                 scenarios=ours_scenarios,
                 probe=Scenario("tutorial-1", "/predict", 1),
+                ready_path="/readyz",
                 notes=f"this project's server from {before} (an earlier commit), default settings, "
                 "MNIST_SERVER_BACKEND=onnx",
             )
@@ -144,6 +149,7 @@ def server_specs(
                 env=model_env | {"MNIST_SERVER_BACKEND": backend},
                 scenarios=ours_scenarios,
                 probe=Scenario("tutorial-1", "/predict", 1),
+                ready_path="/readyz",
                 notes=f"this project's server, default settings, MNIST_SERVER_BACKEND={backend}",
             )
         )

@@ -79,17 +79,36 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30) ->
         return 0, b""
 
 
-def wait_ready(process: subprocess.Popen[bytes], url: str, body: bytes, headers: dict[str, str]) -> float:
-    """Seconds until the server answers `body` at `url` with a 200 (an error if it exits first)."""
+def wait_ready(
+    process: subprocess.Popen[bytes],
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    ready_url: str | None = None,
+) -> float:
+    """Seconds until the server answers `body` at `url` with a 200 and, with `ready_url`, a GET
+    there with a 200 too (an error if it exits first)."""
     started_at = time.monotonic()
 
     def answered() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with status {process.returncode} before it was ready")
-        return post(url, body, headers, timeout=10)[0] == 200
+        if post(url, body, headers, timeout=10)[0] != 200:
+            return False
+        return ready_url is None or get_status(ready_url) == 200
 
     wait_for(answered, f"the server to answer {url}", READY_TIMEOUT_S, interval=0.5)
     return time.monotonic() - started_at
+
+
+def get_status(url: str, timeout: float = 10) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0
 
 
 def settle(url: str, probe: payloads.PayloadSet, timeout_s: float = 120.0) -> None:
