@@ -52,8 +52,8 @@ class Settings:
     inference_threads: int = 0
     # Requests per worker being decoded, waiting for the model or in it; more get a 503 at once.
     # A refusal waits behind the admitted requests' work on the event loop: under a flood at four
-    # times capacity on two cores, 32 answered refusals in 18 ms at the median (p99 ~45 ms) and
-    # kept 88 % of the throughput; 48 took 29 ms (p99 72), 64 40 ms (p99 87) (docs/server.md).
+    # times capacity on two cores, 32 answered refusals in 18 ms at the median, 48 in 29 ms and
+    # 64 in 40 ms (docs/server.md, "Admission").
     max_inflight: int = 32
     # Seconds a request body may take to arrive (408 after), and an idle keep-alive connection
     # (or a client sending its headers) may stay open.
