@@ -346,6 +346,7 @@ class Reconciler:
             )
         if state.phase is canary.Phase.PROMOTED:  # the stable Deployment rolls to the new version
             return CanaryPlan(state=state, events=tuple(events))
+        exposed_by = _exposure_kind(spec, capabilities)
         return await self._canary_step(
             spec,
             owner,
@@ -357,8 +358,8 @@ class Reconciler:
             # made for sticks with it.
             routed=_routed(live_canary, name)
             if live_canary
-            else spec.exposure.enabled and _weighs(_exposure_kind(spec, capabilities), capabilities),
-            weighted_by=_split_by(_exposure_kind(spec, capabilities)),
+            else spec.exposure.enabled and _weighs(exposed_by, capabilities),
+            weighted_by=_split_by(exposed_by),
         )
 
     async def _canary_step(
