@@ -424,13 +424,12 @@ def _gateway(exposure: Mapping[str, Any]) -> GatewayRef | None:
     prefix = "exposure.gateway."
     name = _str(section, "name", required=True, prefix=prefix)
     assert name is not None
-    for key, value in (("name", name), ("namespace", _str(section, "namespace", prefix=prefix))):
+    namespace = _str(section, "namespace", prefix=prefix)
+    for key, value in (("name", name), ("namespace", namespace)):
         if value is not None and not HOST_PATTERN.match(value):
             raise SpecError(prefix + key, f"{value!r} is not a lowercase DNS name")
     return GatewayRef(
-        name=name,
-        namespace=_str(section, "namespace", prefix=prefix),
-        section_name=_str(section, "sectionName", prefix=prefix),
+        name=name, namespace=namespace, section_name=_str(section, "sectionName", prefix=prefix)
     )
 
 
