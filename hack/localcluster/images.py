@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from localcluster.errors import ClusterError
 
@@ -125,6 +126,25 @@ def check_tools() -> None:
         raise ClusterError(
             "images",
             f"{', '.join(missing)} not installed (Debian packages buildah and debootstrap; see .ci/run)",
+        )
+
+
+# A server image build writes its layer twice (the container's, then the committed copy):
+# about 4 GB with TensorFlow, plus what containerd unpacks when the node imports it.
+MIN_FREE_BYTES = 8 * 1024**3
+BUILDAH_STORE = Path("/var/lib/containers/storage")
+
+
+def _check_disk(what: str) -> None:
+    """Fail before a build, with the figures, rather than in its commit with ENOSPC."""
+    store = BUILDAH_STORE if BUILDAH_STORE.exists() else Path("/var/lib")
+    free, needed = shutil.disk_usage(store).free / 1024**3, MIN_FREE_BYTES / 1024**3
+    if free < needed:
+        raise ClusterError(
+            "images",
+            f"{what}: {free:.1f} GB free on {store}, a build needs {needed:.0f} GB (old builds are"
+            f" pruned already: buildah and containerd keep {KEEP_BUILDS} of each image; look for"
+            " other large files on that disk)",
         )
 
 
@@ -229,6 +249,7 @@ def build_dockerfile(dockerfile: str, ref: str, base: str, build_args: dict[str,
                      context: Path = REPO_ROOT) -> str:  # fmt: skip
     if image_exists(ref):
         return ref
+    _check_disk(dockerfile)
     started = time.monotonic()
     # Docker's image format, as `docker build` makes: the OCI format has no HEALTHCHECK.
     argv = ["buildah", "build", "--pull=never", "--layers", "--network=host", "--format=docker", *_ULIMITS,
@@ -253,9 +274,8 @@ def build_dockerfile(dockerfile: str, ref: str, base: str, build_args: dict[str,
 def prune(repository: str, keep: int = KEEP_BUILDS) -> None:
     """Remove all but the newest `keep` builds of a repository (a server image is ~1.9 GB, and
     every source change makes a new one), and the layers nothing refers to any more."""
-    listed = json.loads(_run(["buildah", "images", "--json"], "buildah images") or "[]")
     builds = sorted(
-        ((image["createdatraw"], name) for image in listed for name in image.get("names") or []
+        ((image["createdatraw"], name) for image in _buildah_images() for name in image.get("names") or []
          if name.startswith(repository + ":")),
         reverse=True,
     )  # fmt: skip
@@ -344,22 +364,53 @@ def quick_models(trainer: Path) -> Path:
 
 
 def import_into(ref: str, containerd_socket: Path, ctr: str = "ctr", namespace: str = "k8s.io") -> None:
-    """Load an image from buildah's store into containerd (skipped when it is there already)."""
-    listed = _run(
-        [ctr, "--address", str(containerd_socket), "-n", namespace, "images", "ls", "-q"], "ctr images ls"
-    )
-    if ref in listed.split():
-        return
-    # containerd's store outlives the cluster, so each build is exported and imported once.
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE_DIR, prefix="export-") as tmp:
-        archive = Path(tmp) / "image.tar"
-        _run(["buildah", "push", "--quiet", ref, f"oci-archive:{archive}:{ref}"], f"export {ref}")
-        _run(
-            [ctr, "--address", str(containerd_socket), "-n", namespace, "images", "import",
-             "--base-name", ref.rsplit(":", 1)[0], "--digests", str(archive)],
-            f"import {ref} into containerd",
-        )  # fmt: skip
+    """Load an image from buildah's store into containerd (skipped when it is there already),
+    and drop the builds of its repository that buildah no longer keeps."""
+    ctr_ns = [ctr, "--address", str(containerd_socket), "-n", namespace]
+    repository = ref.rsplit(":", 1)[0]
+    listed = _run([*ctr_ns, "images", "ls", "-q"], "ctr images ls")
+    if ref not in listed.split():
+        # containerd's store outlives the cluster, so each build is exported and imported once.
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=CACHE_DIR, prefix="export-") as tmp:
+            archive = Path(tmp) / "image.tar"
+            _run(["buildah", "push", "--quiet", ref, f"oci-archive:{archive}:{ref}"], f"export {ref}")
+            _run(
+                [*ctr_ns, "images", "import", "--base-name", repository, "--digests", str(archive)],
+                f"import {ref} into containerd",
+            )
+    # Without this the store grows by a server image (~1.9 GB unpacked) with every source
+    # change, and a long-lived machine runs out of disk in the middle of a build.
+    kept = {name for image in _buildah_images() for name in image.get("names") or []}
+    stale = stale_references(_ctr_images(ctr_ns), repository, kept | {ref})
+    if stale:
+        # --sync: the layers and unpacked snapshots are gone when this returns, not later.
+        subprocess.run([*ctr_ns, "images", "rm", "--sync", *stale], capture_output=True, check=False)
+
+
+def stale_references(listed: Iterable[tuple[str, str]], repository: str, kept: set[str]) -> list[str]:
+    """The references in containerd (`(reference, manifest digest)` pairs) to remove: those of
+    `repository`, by tag or by digest, that belong to none of the `kept` tags, and the image-ID
+    references (`sha256:...`, which the kubelet's CRI adds) no named reference shares a digest with.
+    """
+    listed = list(listed)
+    prefixes = (repository + ":", repository + "@")
+    mine = [(name, digest) for name, digest in listed if name.startswith(prefixes)]
+    kept_digests = {digest for name, digest in mine if name in kept}
+    stale = {name for name, digest in mine if name not in kept and digest not in kept_digests}
+    named = {digest for name, digest in listed if not name.startswith("sha256:") and name not in stale}
+    orphans = {name for name, digest in listed if name.startswith("sha256:") and digest not in named}
+    return sorted(stale | orphans)
+
+
+def _buildah_images() -> list[dict[str, Any]]:
+    return list(json.loads(_run(["buildah", "images", "--json"], "buildah images") or "[]"))
+
+
+def _ctr_images(ctr_ns: Sequence[str]) -> list[tuple[str, str]]:
+    """`(reference, manifest digest)` of every image; `ctr images ls` prints REF TYPE DIGEST ..."""
+    rows = _run([*ctr_ns, "images", "ls"], "ctr images ls").splitlines()[1:]
+    return [(cols[0], cols[2]) for cols in (row.split() for row in rows) if len(cols) >= 3]
 
 
 def _record(log: Path, what: str, ref: str, seconds: float) -> None:
