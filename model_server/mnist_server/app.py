@@ -63,6 +63,7 @@ from mnist_server.http import (
 )
 from mnist_server.metrics import UNMATCHED, ServerMetrics, exposition_registry
 from mnist_server.model import Images, LoadState, Model, Probabilities
+from mnist_server.probes import LoopHeartbeat
 from mnist_server.protocols import tfserving, tutorial, v2
 from mnist_server.settings import PREFIX, Settings
 
@@ -76,6 +77,9 @@ SHUTTING_DOWN = "the server is shutting down; it answers requests until it stops
 # Bodies up to this size are decoded on the event loop (a single image's JSON takes ~0.1 ms);
 # larger ones, and every image upload, on the decoding threads.
 INLINE_DECODE_BYTES = 64 * 1024
+# Liveness fails once the serving loop has not turned for this long: no handler blocks it for
+# more than a model call of one batch (milliseconds), so this is a wedged worker.
+LOOP_STALL_SECONDS = 10.0
 # Bytes of request bodies a worker holds at once, in units of MAX_BODY_BYTES (docs/server.md).
 BODY_BUDGET_BODIES = 8
 
@@ -109,6 +113,7 @@ def create_app(
         readiness_gate=readiness_gate,
         draining=app.draining,
         decode=app.decode,
+        loop_stalled_for=app.heartbeat.stalled_for,
     )
     # A model that batches requests reports its own model calls; otherwise each request is one.
     observe_batches = getattr(model, "observe_batches", None)
@@ -132,6 +137,7 @@ class App:
         self.router = Router([])
         self.budget = BodyBudget(BODY_BUDGET_BODIES * settings.max_body_bytes)
         self.read_deadlines = ReadDeadlines(settings.body_timeout)
+        self.heartbeat = LoopHeartbeat()
         self._inflight = 0
         self._decoder: ThreadPoolExecutor | None = None
         self._wsgi_loops = threading.local()
@@ -243,7 +249,16 @@ class App:
             Reason.BODY_TOO_LARGE,
         )
 
+    async def probe_response(self, request: Request) -> Response:
+        """A GET without a body (a probe), answered on another thread's loop: the GET handlers
+        only read state, and the metrics are thread-safe."""
+        return await self.respond(request, _no_body)
+
     # --- RSGI (Granian): bodies read on the event loop --------------------------------------
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Granian calls this in each worker, before serving, with the loop the app runs on."""
+        self.heartbeat.start(loop)
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
         if scope.proto != "http":
@@ -357,9 +372,11 @@ class Endpoints:
         readiness_gate: Callable[[], str | None] | None,
         draining: Callable[[], bool],
         decode: Callable[[Request, Callable[[Request], Any]], Awaitable[Any]],
+        loop_stalled_for: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.settings = settings
         self.model = model
+        self.loop_stalled_for = loop_stalled_for
         self.metrics = metrics
         self.exposed = exposed
         self.readiness_gate = readiness_gate
@@ -506,6 +523,14 @@ class Endpoints:
         # kubelet restarts the container and the failure shows as a crash loop, not a silent hang.
         if self.model.state is LoadState.FAILED:
             raise NotReadyError(self.model.state_message, Reason.LOAD_FAILED)
+        # Seen only from the probe listener (mnist_server.probes): the serving loop answers
+        # nothing while it is stalled.
+        stalled = self.loop_stalled_for()
+        if stalled > LOOP_STALL_SECONDS:
+            raise NotReadyError(
+                f"the worker's event loop has not run for {stalled:.0f} s (a request handler is stuck)",
+                Reason.LOOP_STALLED,
+            )
 
     async def _infer(self, images: Images) -> Probabilities:
         started = time.perf_counter()
@@ -586,6 +611,10 @@ def _forget_frames(error: BaseException) -> None:
 def _memory_stream(*args: Any, **kwargs: Any) -> io.BytesIO:
     # The body is already in memory (and bounded): no spooling to temporary files.
     return io.BytesIO()
+
+
+async def _no_body() -> bytes:
+    raise AssertionError("a GET handler read a body")
 
 
 def _never() -> bool:

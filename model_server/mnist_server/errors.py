@@ -32,6 +32,7 @@ class Reason(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_READY = "not_ready"
     LOAD_FAILED = "load_failed"
+    LOOP_STALLED = "loop_stalled"
     OVERLOADED = "overloaded"
     INTERNAL = "internal"
 

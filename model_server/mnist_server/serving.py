@@ -141,6 +141,7 @@ def build_worker_app(
     )
     if multiprocess_dir is None:
         app = create_app(settings, model, CollectorRegistry(), draining=lifecycle.draining)
+        _start_probe_listener(settings, app)
         load_in_background(model, on_ready=lifecycle.mark_ready, before_load=_wait_until_serving)
         return app
     group = WorkerGroup(multiprocess_dir, settings.workers)
@@ -153,6 +154,7 @@ def build_worker_app(
         readiness_gate=group.not_ready,
         draining=lifecycle.draining,
     )
+    _start_probe_listener(settings, app)
     pid = os.getpid()
 
     def on_ready() -> None:
@@ -161,6 +163,21 @@ def build_worker_app(
 
     load_in_background(model, on_ready=on_ready, before_load=_wait_until_serving)
     return app
+
+
+def _start_probe_listener(settings: Settings, app: App) -> None:
+    if not settings.probe_port:
+        return
+    from mnist_server.probes import ProbeListener
+
+    try:
+        listener = ProbeListener(settings.host, settings.probe_port, app.probe_response)
+    except OSError as error:
+        # Fatal: the kubelet would find nothing on the probe port and never see the pod ready.
+        log.critical("cannot listen for probes on %s:%d: %s", settings.host, settings.probe_port, error)
+        raise SystemExit(3) from error
+    listener.start()
+    log.info("worker %d answers probes on port %d", os.getpid(), listener.port)
 
 
 class WorkerGroup:

@@ -31,6 +31,9 @@ class Settings:
     model_version: str | None = None
     host: str = "0.0.0.0"  # a container must listen on its pod IP, not only on loopback
     port: int = 8080
+    # A second port answering only /healthz and /readyz, on a thread of its own (mnist_server.probes),
+    # for the kubelet's probes; 0: none. The operator's Deployments set 8081.
+    probe_port: int = 0
     workers: int = 1
     # Threads per worker that decode image uploads and large bodies; everything else runs on the
     # worker's event loop. Also bounds the memory decoding can take at once (docs/server.md).
@@ -79,6 +82,8 @@ class Settings:
             raise SettingsError(str(exc)) from None
 
     def __post_init__(self) -> None:
+        if self.probe_port == self.port:
+            raise ValueError(f"{PREFIX}PROBE_PORT must differ from {PREFIX}PORT (both {self.port})")
         if self.graceful_timeout and self.drain_delay >= self.graceful_timeout:
             raise ValueError(
                 f"{PREFIX}DRAIN_DELAY={self.drain_delay} must be less than {PREFIX}GRACEFUL_TIMEOUT="
@@ -169,6 +174,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("model_version", _model_version, "version to serve; unset or 'latest': the newest complete one"),
     Variable("host", _host, "address to listen on"),
     Variable("port", _int_in(1, 65535), "TCP port to listen on"),
+    Variable(
+        "probe_port",
+        _int_in(0, 65535),
+        "port answering only /healthz and /readyz, on a thread of its own so that probes do not wait "
+        "behind requests; 0: none",
+    ),
     Variable(
         "workers", _int_in(1, 64), "worker processes; each holds its own copy of TensorFlow and the model"
     ),

@@ -49,13 +49,18 @@ CANARY_TRACK = "canary"
 SERVER_PORT = 8080
 SERVICE_PORT = 80
 PORT_NAME = "http"
+# The server's probe listener (MNIST_SERVER_PROBE_PORT): the kubelet's probes go there, so that
+# they are answered on a thread of their own, not in line behind requests.
+PROBE_PORT = 8081
+PROBE_PORT_NAME = "probes"
 CONTAINER_NAME = "server"
 
 # Environment variables the operator sets on the server container; spec.env may not override them.
 ENV_MODEL_VERSION = "MNIST_SERVER_MODEL_VERSION"
 ENV_HOST = "MNIST_SERVER_HOST"
 ENV_PORT = "MNIST_SERVER_PORT"
-RESERVED_ENV = (ENV_MODEL_VERSION, ENV_HOST, ENV_PORT)
+ENV_PROBE_PORT = "MNIST_SERVER_PROBE_PORT"
+RESERVED_ENV = (ENV_MODEL_VERSION, ENV_HOST, ENV_PORT, ENV_PROBE_PORT)
 
 
 @dataclass(frozen=True)

@@ -287,7 +287,7 @@ def topology_spread(spec: MnistModelSpec, owner: Owner) -> list[dict[str, Any]]:
 
 def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": api.PORT_NAME},
+        "httpGet": {"path": path, "port": api.PROBE_PORT_NAME},
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -299,6 +299,7 @@ def _container(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, An
         {"name": api.ENV_MODEL_VERSION, "value": spec.model_version},
         {"name": api.ENV_HOST, "value": "0.0.0.0"},
         {"name": api.ENV_PORT, "value": str(api.SERVER_PORT)},
+        {"name": api.ENV_PROBE_PORT, "value": str(api.PROBE_PORT)},
     ]
     if spec.source is not None:
         env += storage.server_env()
@@ -313,7 +314,10 @@ def _container(spec: MnistModelSpec, settings: OperatorSettings) -> dict[str, An
     container: dict[str, Any] = {
         "name": api.CONTAINER_NAME,
         "image": spec.image or settings.default_image,
-        "ports": [{"name": api.PORT_NAME, "containerPort": api.SERVER_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": api.PORT_NAME, "containerPort": api.SERVER_PORT, "protocol": "TCP"},
+            {"name": api.PROBE_PORT_NAME, "containerPort": api.PROBE_PORT, "protocol": "TCP"},
+        ],
         "env": env,
         "resources": {k: dict(v) for k, v in resources.items() if v},
         # Loading TensorFlow and the model takes a while: allow up to 2 minutes before liveness counts.

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import time
+import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +70,10 @@ def test_a_model_serves_correct_predictions_from_real_pods(
     assert pod["spec"]["nodeName"] == node.NODE_NAME
     (container,) = pod["spec"]["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    # The kubelet's probes passed on the probe listener (a thread of its own in the server).
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8081/readyz", timeout=5) as answer:
+        assert json.load(answer)["status"] == "ready"
     # The namespace enforces `restricted`: the pod was admitted under it, and runs as non-root.
     labels = get(rn_cluster, "", "namespace", rn_namespace)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"

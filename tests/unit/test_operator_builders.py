@@ -154,10 +154,14 @@ def test_deployment_runs_the_server_restricted_with_probes() -> None:
     assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
     (container,) = pod["containers"]
     assert container["image"] == "mnist-server:test"
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "probes", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    # The probes go to the server's probe listener, answered on a thread of its own.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -165,10 +169,11 @@ def test_deployment_runs_the_server_restricted_with_probes() -> None:
         "capabilities": {"drop": ["ALL"]},
     }
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
-    assert container["env"][:3] == [
+    assert container["env"][:4] == [
         {"name": "MNIST_SERVER_MODEL_VERSION", "value": "4"},
         {"name": "MNIST_SERVER_HOST", "value": "0.0.0.0"},
         {"name": "MNIST_SERVER_PORT", "value": "8080"},
+        {"name": "MNIST_SERVER_PROBE_PORT", "value": "8081"},
     ]
     assert container["resources"] == {
         "requests": {"cpu": "100m", "memory": "256Mi"},
@@ -219,7 +224,7 @@ def test_deployment_takes_the_user_settings() -> None:
     assert (container["image"], container["imagePullPolicy"]) == ("mine:1", "Always")
     assert container["resources"] == {"limits": {"cpu": 2}}
     # Empty strings are dropped as the API server drops them, or every resync would see drift.
-    assert container["env"][3:] == [
+    assert container["env"][4:] == [
         {"name": "A", "value": "1"},
         {"name": "EMPTY"},
         {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": False}}},
