@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import payloads
 import robustness
-from devkit import free_port
+from devkit import free_ports
 from loadgen import Result, measure, summary
 from procstat import TreeSampler
 from scenarios import ServerSpec
@@ -45,8 +45,8 @@ def benchmark_server(
     warmup: float,
     robust: bool = False,
 ) -> ServerRun:
-    port = free_port()
-    spec = spec.on_port(port)
+    port, probe_port = free_ports(2)
+    spec = spec.on_port(port, probe_port)
     base = f"http://127.0.0.1:{port}"
     log_path = workdir / f"{spec.key}.log"
     print(f"{spec.label}: starting on port {port} (log {log_path})", flush=True)
@@ -67,7 +67,9 @@ def benchmark_server(
                 run.results.append(result)
                 print(f"  {scenario.payload:<12} c={scenario.concurrency:<4} {summary(result)}", flush=True)
             if robust:
-                run.robustness = robustness_scenarios(run, base, port, sets, seconds)
+                run.robustness = robustness_scenarios(
+                    run, base, port, sets, seconds, probe_port=spec.probe_port
+                )
         except Exception as exc:
             run.error = f"{type(exc).__name__}: {exc}"
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
@@ -105,7 +107,13 @@ def _start_up(
 
 
 def robustness_scenarios(
-    run: ServerRun, base: str, port: int, sets: dict[str, payloads.PayloadSet], seconds: float
+    run: ServerRun,
+    base: str,
+    port: int,
+    sets: dict[str, payloads.PayloadSet],
+    seconds: float,
+    *,
+    probe_port: int | None,
 ) -> dict[str, Any]:
     """Slow clients, then overload at four times the single-image rate answered at c=32."""
     single = sets["tutorial-1"].directory
@@ -118,6 +126,6 @@ def robustness_scenarios(
     at_32 = next((r for r in run.results if r.payload == "tutorial-1" and r.concurrency == 32), None)
     capacity = at_32.requests_per_s if at_32 else 1000.0
     print(f"  overload: 4 x {capacity:.0f} req/s offered", flush=True)
-    over = robustness.overload(base, port, single, capacity, seconds)
+    over = robustness.overload(base, port, single, capacity, seconds, probe_port=probe_port)
     print(f"    {over}", flush=True)
     return {"slow_clients": slow, "overload": over}

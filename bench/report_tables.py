@@ -114,11 +114,14 @@ def robustness_section(data: dict[str, Any]) -> list[str]:
         "waits for its answer, so what they offer falls short of that once answers slow: the offered "
         "column is what they sent); an observer "
         "meanwhile sends one request at a time (a prediction, `/healthz`, `/readyz`, each on a new "
-        "connection) and records its status and latency.",
+        "connection, then both probes again on the server's probe port if it has one: "
+        "`MNIST_SERVER_PROBE_PORT`, where the operator points the kubelet) and records its status "
+        "and latency.",
         "",
         "| server | capacity req/s | offered req/s | answered req/s | refused | observer: answered /predict "
-        "p50 / p99 ms | refused /predict p50 / p99 ms | /healthz p50 / p99 ms | /readyz p50 / p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "p50 / p99 ms | refused /predict p50 / p99 ms | /healthz p50 / p99 ms | /readyz p50 / p99 ms "
+        "| probe port /healthz p50 / p99 ms | probe port /readyz p50 / p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def cell(observed: dict[str, Any], key: str) -> str:
@@ -132,13 +135,15 @@ def robustness_section(data: dict[str, Any]) -> list[str]:
             f"| {run['label']} | {over['capacity_per_s']:,.0f} | {over['offered_per_s']:,.0f} | "
             f"{over['answered_per_s']:,.0f} | {over['refused_share']:.0%} | "
             f"{cell(observed, '/predict 200')} | {cell(observed, '/predict 503')} | "
-            f"{cell(observed, '/healthz 200')} | {cell(observed, '/readyz 200')} |"
+            f"{cell(observed, '/healthz 200')} | {cell(observed, '/readyz 200')} | "
+            f"{cell(observed, 'probe port /healthz 200')} | {cell(observed, 'probe port /readyz 200')} |"
         )
         others = {k: v for k, v in observed.items() if not k.endswith((" 200", " 503"))}
         if others or over["socket_errors"]:
             also = ", ".join(f"{key} x{value['count']}" for key, value in others.items())
             lines.append(
-                f"| {run['label']}: also | | | | | {also} | wrk socket errors {over['socket_errors']} | | |"
+                f"| {run['label']}: also | | | | | {also} | wrk socket errors {over['socket_errors']} "
+                "| | | | |"
             )
     return lines
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from report_figures import fmt, our_runs, result_of, run_of
+from robustness import PROBE_PORT_PREFIX
 
 Row = tuple[str, str, str, str]  # target, where, measured, verdict
 
@@ -168,7 +169,10 @@ def targets_issue_11(data: dict[str, Any]) -> list[Row]:
         over = robust["overload"]
         observed = over["observer"]
         refused = observed.get("/predict 503")
-        probes = [observed[k] for k in ("/healthz 200", "/readyz 200") if k in observed]
+        # The kubelet's probes go to the probe port where the server has one (the operator's pods).
+        on_probe_port = any(k.startswith(PROBE_PORT_PREFIX) for k in observed)
+        prefix = PROBE_PORT_PREFIX if on_probe_port else ""
+        probes = [observed[prefix + k] for k in ("/healthz 200", "/readyz 200") if prefix + k in observed]
         probe_p99 = max((m["p99_ms"] for m in probes), default=None)
         answered_share = over["answered_per_s"] / over["capacity_per_s"]
         rows.append(
@@ -177,7 +181,7 @@ def targets_issue_11(data: dict[str, Any]) -> list[Row]:
                 name,
                 (f"503 p99 {refused['p99_ms']:.1f} ms" if refused else "no 503 seen")
                 + f", {over['answered_per_s']:,.0f} req/s answered ({answered_share:.0%} of capacity)"
-                + (f", probes p99 {probe_p99:.1f} ms" if probe_p99 is not None else ""),
+                + (f", {prefix}probes p99 {probe_p99:.1f} ms" if probe_p99 is not None else ""),
                 verdict(
                     refused is not None
                     and refused["p99_ms"] < 50

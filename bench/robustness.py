@@ -161,19 +161,35 @@ def slow_clients(base: str, port: int, payload_dir: Path, seconds: float) -> dic
 # --- overload ----------------------------------------------------------------------------------
 
 
-class Observer(threading.Thread):
-    """A request at a time, as a client would see them under load: a prediction, then each probe."""
+PROBE_PORT_PREFIX = "probe port "
 
-    def __init__(self, port: int, body: bytes, headers: dict[str, str]) -> None:
+
+class Observer(threading.Thread):
+    """A request at a time, as a client would see them under load: a prediction, then each probe,
+    and each probe again on the probe port if the server has one (keys ``probe port /healthz
+    200``)."""
+
+    def __init__(
+        self, port: int, body: bytes, headers: dict[str, str], probe_port: int | None = None
+    ) -> None:
         super().__init__(daemon=True)
-        self.port, self.body, self.headers = port, body, headers
+        self.body, self.headers = body, headers
+        self.requests = [
+            (port, "POST", "/predict", ""),
+            (port, "GET", "/healthz", ""),
+            (port, "GET", "/readyz", ""),
+        ]
+        if probe_port is not None:
+            self.requests += [
+                (probe_port, "GET", path, PROBE_PORT_PREFIX) for path in ("/healthz", "/readyz")
+            ]
         self.latencies: dict[str, list[float]] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.is_set():
-            for method, path in (("POST", "/predict"), ("GET", "/healthz"), ("GET", "/readyz")):
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            for port, method, path, prefix in self.requests:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 started = time.perf_counter()
                 try:
                     connection.request(
@@ -181,9 +197,9 @@ class Observer(threading.Thread):
                     )
                     response = connection.getresponse()
                     response.read()
-                    key = f"{path} {response.status}"
+                    key = f"{prefix}{path} {response.status}"
                 except OSError:
-                    key = f"{path} error"
+                    key = f"{prefix}{path} error"
                 finally:
                     connection.close()
                 self.latencies.setdefault(key, []).append((time.perf_counter() - started) * 1000)
@@ -199,14 +215,16 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def overload(base: str, port: int, payload_dir: Path, capacity: float, seconds: float) -> dict[str, Any]:
+def overload(
+    base: str, port: int, payload_dir: Path, capacity: float, seconds: float, *, probe_port: int | None = None
+) -> dict[str, Any]:
     """Four times ``capacity`` (single images/s) offered by 960 paced connections (as far as they
     can: a connection waits for its answer, so slow answers lower what it offers)."""
     connections = 960  # below MAX_CONNECTIONS (1024), with room for the observer
     offered = 4 * capacity
     delay_ms = 1000 * connections / offered
     body = next(iter(sorted(payload_dir.glob("*.body")))).read_bytes()
-    observer = Observer(port, body, JSON_HEADERS)
+    observer = Observer(port, body, JSON_HEADERS, probe_port)
     observer.start()
     stats = run_wrk(
         base + "/predict",

@@ -56,13 +56,22 @@ class ServerSpec:
     # A GET that answers 200 only once every worker process is ready (one 200 from `probe` may
     # come from the one worker that has loaded its model), or None.
     ready_path: str | None = None
+    # This project's current server: it answers probes on a port of their own
+    # (MNIST_SERVER_PROBE_PORT), which the overload scenario measures beside the serving port.
+    has_probe_port: bool = False
+    probe_port: int | None = None
 
-    def on_port(self, port: int) -> ServerSpec:
-        """This server listening on `port`: ``{port}`` in its command and MNIST_SERVER_PORT."""
+    def on_port(self, port: int, probe_port: int) -> ServerSpec:
+        """This server listening on `port`: ``{port}`` in its command and MNIST_SERVER_PORT, and
+        its probes on `probe_port` if it has a probe port."""
+        env = self.env | {"MNIST_SERVER_PORT": str(port)}
+        if self.has_probe_port:
+            env["MNIST_SERVER_PROBE_PORT"] = str(probe_port)
         return replace(
             self,
             command=[part.replace("{port}", str(port)) for part in self.command],
-            env=self.env | {"MNIST_SERVER_PORT": str(port)},
+            env=env,
+            probe_port=probe_port if self.has_probe_port else None,
         )
 
 
@@ -90,6 +99,7 @@ def ours_variants(base: ServerSpec, variants: list[str], sweep: bool = False) ->
                 probe=base.probe,
                 notes=f"{base.notes}, {described}",
                 ready_path=base.ready_path,
+                has_probe_port=base.has_probe_port,
             )
         )
     return specs
@@ -150,6 +160,7 @@ def server_specs(
                 scenarios=ours_scenarios,
                 probe=Scenario("tutorial-1", "/predict", 1),
                 ready_path="/readyz",
+                has_probe_port=True,
                 notes=f"this project's server, default settings, MNIST_SERVER_BACKEND={backend}",
             )
         )

@@ -97,7 +97,31 @@ def test_variants_and_scenario_selection() -> None:
     assert variant.env["MNIST_SERVER_WORKERS"] == "2"
     assert variant.env["MNIST_SERVER_MODEL_ROOT"] == "/models"
 
-    on_port = specs[1].on_port(8123)
+    on_port = specs[1].on_port(8123, 8124)
     assert "8123" in on_port.command and "{port}" not in on_port.command
     assert on_port.env["MNIST_SERVER_PORT"] == "8123"
+    assert on_port.probe_port is None and "MNIST_SERVER_PROBE_PORT" not in on_port.env
     assert specs[1].command.count("{port}") == 1  # the spec itself is unchanged
+    # Our server answers probes on a port of its own, and so do its variants.
+    assert specs[0].on_port(8123, 8124).env["MNIST_SERVER_PROBE_PORT"] == "8124"
+    assert variant.on_port(8123, 8124).probe_port == 8124
+
+
+def test_the_overload_target_judges_the_probes_where_the_kubelet_sends_them(figures: dict[str, Any]) -> None:
+    import report_targets
+
+    data = copy.deepcopy(figures)
+    ours = next(run for run in data["runs"] if run["key"] == "ours-onnx")
+    observed = ours["robustness"]["overload"]["observer"]
+    slow = {"count": 60, "p50_ms": 30.0, "p99_ms": 80.0}
+    observed.update({"/healthz 200": slow, "/readyz 200": slow})
+
+    def overload_row() -> str:
+        rows = report_targets.targets_issue_11(data)
+        return next(r[2] for r in rows if r[0].startswith("4x capacity") and r[1] == ours["label"])
+
+    assert "probes p99 80.0 ms" in overload_row()  # no probe port: the serving port's
+    observed["probe port /healthz 200"] = {"count": 60, "p50_ms": 2.0, "p99_ms": 6.0}
+    observed["probe port /readyz 200"] = {"count": 60, "p50_ms": 2.0, "p99_ms": 7.5}
+    assert "probe port probes p99 7.5 ms" in overload_row()
+    assert "| probe port /healthz p50 / p99 ms |" in report.render(data)
