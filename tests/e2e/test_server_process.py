@@ -7,11 +7,13 @@ digits. Ends with SIGTERM, which must stop the server cleanly (exit 0) in time.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from devkit import free_ports
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from testkit import free_port, wait_until_ok
@@ -50,6 +53,7 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    probe_url: str  # the probe listener (MNIST_SERVER_PROBE_PORT), which every worker binds
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -75,13 +79,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not SERVER_SCRIPT.exists():
         pytest.fail(f"{SERVER_SCRIPT} is missing: run `{sys.executable} -m pip install -e . --no-deps`")
-    port = free_port()
+    port, probe_port = free_ports(2)
     log_path = tmp_path_factory.mktemp("e2e-server") / "server.log"
     env = {
         **os.environ,
         "MNIST_SERVER_MODEL_ROOT": str(trained.root),
         "MNIST_SERVER_HOST": "127.0.0.1",
         "MNIST_SERVER_PORT": str(port),
+        "MNIST_SERVER_PROBE_PORT": str(probe_port),
         "MNIST_SERVER_WORKERS": str(WORKERS),
         "MNIST_SERVER_THREADS": "4",
         "MNIST_SERVER_MAX_BODY_BYTES": str(MAX_BODY),
@@ -92,7 +97,7 @@ def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen([str(SERVER_SCRIPT)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    running = Server(process, f"http://127.0.0.1:{port}", log_path)
+    running = Server(process, f"http://127.0.0.1:{port}", log_path, f"http://127.0.0.1:{probe_port}")
     try:
         wait_until_every_worker_is_ready(running)
         yield running
@@ -146,6 +151,12 @@ def test_readiness_and_liveness(server: Server) -> None:
     assert "test_accuracy" in ready["model"]["metadata"]
     assert requests.get(f"{server.url}/healthz", timeout=TIMEOUT_S).json() == {"status": "alive"}
     assert requests.get(f"{server.url}/v2/health/ready", timeout=TIMEOUT_S).json() == {"ready": True}
+    # The probe port answers the same, from whichever worker the kernel hands the connection.
+    assert server.log().count("answers probes on port") == WORKERS, server.log()
+    for _ in range(8):
+        assert requests.get(f"{server.probe_url}/readyz", timeout=TIMEOUT_S).json() == ready
+        assert requests.get(f"{server.probe_url}/healthz", timeout=TIMEOUT_S).json() == {"status": "alive"}
+    assert requests.get(f"{server.probe_url}/predict", timeout=TIMEOUT_S).status_code == 404
 
 
 def test_single_images_are_mostly_classified_correctly(server: Server, trained: Trained) -> None:
@@ -355,7 +366,22 @@ def stop(process: subprocess.Popen[bytes], log: Path) -> tuple[int, float]:
 
 
 def test_sigterm_stops_the_server_cleanly(server: Server) -> None:
+    readiness: list[int] = []
+
+    def watch_readiness() -> None:  # as the kubelet's probe would, on the probe port
+        while server.process.poll() is None:
+            with contextlib.suppress(requests.RequestException):
+                readiness.append(requests.get(f"{server.probe_url}/readyz", timeout=1).status_code)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_readiness, daemon=True)
+    watcher.start()
+    time.sleep(0.3)
     code, seconds = stop(server.process, server.log_path)
+    watcher.join(5)
+    # Ready until SIGTERM, then not ready at once while the server drains (1 s).
+    assert readiness[0] == 200 and 503 in readiness, readiness
+    assert readiness[readiness.index(503) :].count(200) == 0, readiness
     assert code == 0, server.log()
     assert 1 <= seconds < 10, f"took {seconds:.1f} s"  # the 1 s drain, then a quick stop
     assert "Traceback" not in server.log(), server.log()
