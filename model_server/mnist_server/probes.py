@@ -12,9 +12,10 @@ for liveness: that the serving loop still turns (:class:`LoopHeartbeat`). On the
 that check would be moot: a stalled loop answers nothing there.
 
 The listener speaks just enough HTTP/1.1 for probes: ``GET`` or ``HEAD`` of a path, headers up
-to 8 KiB, keep-alive, no bodies. Clients that send more, or trickle, are cut: a probe is
-answered within ``HEAD_TIMEOUT`` of connecting or not at all, and ``MAX_CONNECTIONS`` bounds
-what slow clients can hold.
+to 8 KiB, keep-alive, no bodies. Clients that send more, or trickle, are cut: a connection must
+send its request's headers within ``HEAD_TIMEOUT``, and of ``MAX_CONNECTIONS`` waiting for
+theirs, a new one pushes out the one that has waited longest. A flood of stalled connections
+therefore cannot hold the kubelet out: its probe sends its headers as soon as it connects.
 """
 
 from __future__ import annotations
@@ -87,21 +88,40 @@ class ProbeListener:
         self.socket.listen(MAX_CONNECTIONS)
         self.socket.setblocking(False)
         self.port: int = self.socket.getsockname()[1]
-        self._open = 0
+        # Connections waiting for a request's headers, oldest first (dicts keep insertion order).
+        self._waiting: dict[asyncio.StreamWriter, None] = {}
+        self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="probes", daemon=True)
 
     def start(self) -> ProbeListener:
         self._thread.start()
         return self
 
+    def close(self) -> None:
+        """Stop serving, end open connections and release the port (tests; a server's workers
+        just exit)."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._cancel_all)
+            self._thread.join(5)
+        self.socket.close()
+
+    def _cancel_all(self) -> None:
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
         try:
-            loop.run_until_complete(self._serve())
+            self._loop.run_until_complete(self._serve())
+        except asyncio.CancelledError:
+            pass  # close()
         except Exception:
             log.exception("the probe listener on port %d stopped", self.port)
         finally:
-            loop.close()
+            pending = asyncio.all_tasks(self._loop)
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
 
     async def _serve(self) -> None:
         server = await asyncio.start_server(self._connection, sock=self.socket, limit=MAX_HEAD_BYTES)
@@ -109,22 +129,27 @@ class ProbeListener:
             await server.serve_forever()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._open += 1
         try:
-            if self._open > MAX_CONNECTIONS:
-                return  # closed at once: slow clients must not hold the kubelet out
             while await self._one_request(reader, writer):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the client went, or took too long: nobody to answer
+            pass  # the client went, took too long, or was pushed out: nobody to answer
         finally:
-            self._open -= 1
+            self._waiting.pop(writer, None)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
+    def _wait_for_head(self, writer: asyncio.StreamWriter) -> None:
+        if len(self._waiting) >= MAX_CONNECTIONS:
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            oldest.transport.abort()  # its read fails with a ConnectionError, and it closes
+        self._waiting[writer] = None
+
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; True to read another on this connection."""
+        self._wait_for_head(writer)
         try:
             async with asyncio.timeout(HEAD_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -136,6 +161,8 @@ class ProbeListener:
             if partial.partial.strip():
                 raise
             return False  # a keep-alive connection closed between requests
+        finally:
+            self._waiting.pop(writer, None)
         parsed = parse_head(head)
         if isinstance(parsed, Response):
             await _send(writer, parsed)
