@@ -70,7 +70,8 @@ def test_a_model_serves_correct_predictions_from_real_pods(
     assert pod["spec"]["nodeName"] == node.NODE_NAME
     (container,) = pod["spec"]["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    probe = container["readinessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/readyz", "probes")
     # The kubelet's probes passed on the probe listener (a thread of its own in the server).
     with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8081/readyz", timeout=5) as answer:
         assert json.load(answer)["status"] == "ready"
