@@ -135,7 +135,6 @@ class ProbeListener:
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went, took too long, or was pushed out: nobody to answer
         finally:
-            self._waiting.pop(writer, None)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
