@@ -56,7 +56,7 @@ def test_binary_tensor_data_is_read_like_json_data(server_client: FlaskClient, d
 
 def test_binary_header_length_must_fit_the_body(server_client: FlaskClient) -> None:
     body, _ = binary_request(np.zeros((1, 28, 28), np.float32))
-    for value in ("abc", "-5", str(len(body) + 1)):
+    for value in ("abc", "-5", str(len(body) + 1), "\u00b2"):
         response = post_binary(server_client, body, {BINARY_HEADER: value})
         assert reason_of(response, 400) == "bad_request"
         assert BINARY_HEADER in response.get_json()["error"]

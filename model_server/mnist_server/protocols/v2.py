@@ -58,10 +58,15 @@ def model_metadata(model: Model) -> dict[str, Any]:
     return metadata
 
 
+def is_length(value: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts digits ``int`` refuses (``"²"``)."""
+    return value.isascii() and value.isdigit()
+
+
 def parse_binary_infer_request(raw: bytes, header_length: str, max_batch: int) -> InferRequest:
     """An infer request in the binary extension's body: ``header_length`` (the value of the
     ``Inference-Header-Content-Length`` header) bytes of JSON, then the input's raw bytes."""
-    if not header_length.isdigit() or int(header_length) > len(raw):
+    if not is_length(header_length) or int(header_length) > len(raw):
         raise InvalidInputError(
             f"{BINARY_HEADER} {header_length!r:.40} must be the JSON header's length in bytes "
             f"(the body has {len(raw)})",
