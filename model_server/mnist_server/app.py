@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException
@@ -124,6 +124,14 @@ def create_app(
     return app
 
 
+class Decode(Protocol):
+    """:meth:`App.decode`, as the endpoints call it."""
+
+    async def __call__(
+        self, request: Request, parse: Callable[[Request], T], json_bytes: int | None = None
+    ) -> T: ...
+
+
 class App:
     """One model's HTTP server: routing, body limits, admission, errors and request metrics, over
     the :class:`Endpoints`. An RSGI application (``__rsgi__``) and a WSGI one (``__call__``)."""
@@ -154,11 +162,16 @@ class App:
         """Requests of this worker past their body: being decoded, waiting for the model or in it."""
         return self._inflight
 
-    async def decode(self, request: Request, parse: Callable[[Request], T]) -> T:
+    async def decode(
+        self, request: Request, parse: Callable[[Request], T], json_bytes: int | None = None
+    ) -> T:
         """``parse(request)``: on the event loop for a small body (a single image's JSON takes
         ~0.1 ms; handing it to a thread and back cost more, in waits for the GIL), on a decoding
-        thread for image uploads and large bodies, whose decoding would stall the loop."""
-        if len(request.body) <= INLINE_DECODE_BYTES and request.mimetype not in _UPLOAD_TYPES:
+        thread for image uploads and large JSON, whose decoding would stall the loop.
+        ``json_bytes``: how much of the body is JSON, when the rest is raw tensor bytes (a copy
+        whatever their size: a v2 binary batch of 64 images decodes in ~0.05 ms)."""
+        size = len(request.body) if json_bytes is None else json_bytes
+        if size <= INLINE_DECODE_BYTES and request.mimetype not in _UPLOAD_TYPES:
             return parse(request)
         if self._decoder is None:
             self._decoder = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="decode")
@@ -371,7 +384,7 @@ class Endpoints:
         *,
         readiness_gate: Callable[[], str | None] | None,
         draining: Callable[[], bool],
-        decode: Callable[[Request, Callable[[Request], Any]], Awaitable[Any]],
+        decode: Decode,
         loop_stalled_for: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.settings = settings
@@ -469,7 +482,7 @@ class Endpoints:
 
     async def v2_infer(self, request: Request, name: str, version: str | None = None) -> Any:
         self._check_model(name, version)
-        parsed = await self.decode(request, self._v2_request)
+        parsed = await self.decode(request, self._v2_request, _v2_json_bytes(request))
         return v2.infer_response(self.model, parsed.id, await self._infer(parsed.images))
 
     def _v2_request(self, request: Request) -> v2.InferRequest:
@@ -579,6 +592,13 @@ class Endpoints:
 
 
 _UPLOAD_TYPES = (MULTIPART, *IMAGE_TYPES)
+
+
+def _v2_json_bytes(request: Request) -> int | None:
+    """With the v2 binary extension, the length of the body's JSON header (the part decoding
+    parses); otherwise None (all of it). A malformed value is the parser's to refuse."""
+    header = request.header(v2.BINARY_HEADER.lower())
+    return int(header) if header is not None and v2.is_length(header) else None
 
 
 def _protocol_closed() -> tuple[type[BaseException], ...]:

@@ -4,13 +4,18 @@ model, whose predicted digit is the image's mean pixel x 10."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from server_support import fake_digits, image_with_digit
+
+from mnist_server.app import INLINE_DECODE_BYTES
+from mnist_server.settings import Settings
 
 V2 = "/v2/models/mnist/infer"
 BINARY_HEADER = "Inference-Header-Content-Length"  # spelled here as clients spell it
@@ -116,3 +121,26 @@ def test_binary_pixels_are_validated_like_json_pixels(server_client: FlaskClient
     assert reason_of(post_binary(server_client, *binary_request(images)), 400) == "non_finite"
     images[0, 3, 3] = 2.0
     assert reason_of(post_binary(server_client, *binary_request(images)), 400) == "out_of_range"
+
+
+def test_a_large_binary_tensor_is_decoded_on_the_loop_and_large_json_on_a_thread(
+    server_make_app: Callable[..., Any], server_fake_model: Any, server_settings: Settings
+) -> None:
+    """Decoding a binary tensor is a copy whatever its size: only its JSON header counts towards
+    the size past which a body is decoded on a thread. The same images as JSON go there."""
+    settings = dataclasses.replace(server_settings, max_batch=64, max_body_bytes=1 << 20)
+    app = server_make_app(server_fake_model, settings)
+    images = np.zeros((64, 28, 28), np.float32)
+    body, headers = binary_request(images)
+    assert len(body) > INLINE_DECODE_BYTES
+    with app.test_client() as client:
+        assert post_binary(client, body, headers).status_code == 200
+        assert app._decoder is None  # no decoding thread was needed
+        tensor = {
+            "name": "images",
+            "shape": [64, 28, 28],
+            "datatype": "FP32",
+            "data": images.ravel().tolist(),
+        }
+        assert client.post(V2, json={"inputs": [tensor]}).status_code == 200
+        assert app._decoder is not None
