@@ -79,10 +79,10 @@ def parse_json(raw: bytes, max_batch: int | None = None) -> JsonBody:
         pass
     else:
         if isinstance(value, dict):
-            quotes = raw.count(b'"')
+            quotes = count_byte(raw, b'"')
             return JsonBody(
                 value,
-                mentions_booleans=b"true" in raw or b"false" in raw,
+                mentions_booleans=contains(raw, b"true") or contains(raw, b"false"),
                 mentions_strings=quotes != 2 * len(value),
                 quotes=quotes,
             )
@@ -153,12 +153,37 @@ def check_json_size(raw: bytes, max_batch: int) -> None:
     """
     values = max_batch * IMAGE_SHAPE[0] * IMAGE_SHAPE[1] + _JSON_SLACK
     members = max_batch + _JSON_SLACK
-    if raw.count(b",") > values or raw.count(b":") > members:
+    if count_byte(raw, b",") > values or count_byte(raw, b":") > members:
         raise TooLargeError(
             f"the request body holds more JSON values than {max_batch} images (the most accepted per "
             f"request) can need; at most {values} values and {members} object members are read",
             Reason.BATCH_TOO_LARGE,
         )
+
+
+# The body scans above run on every JSON request. ``bytes.count`` and ``in`` take 0.13-0.27 ms
+# each on a 64-image body (380 KB), together a quarter of parsing it; a NumPy comparison takes
+# 0.03 ms. A single image's body (3 KB) keeps the plain scan: 2.4 µs, NumPy's calls 3.5 µs.
+_VECTOR_SCAN_BYTES = 16 * 1024
+
+
+def count_byte(raw: bytes, byte: bytes) -> int:
+    """``raw.count(byte)`` for a single byte."""
+    if len(raw) < _VECTOR_SCAN_BYTES:
+        return raw.count(byte)
+    return int(np.count_nonzero(np.frombuffer(raw, np.uint8) == byte[0]))
+
+
+def contains(raw: bytes, word: bytes) -> bool:
+    """``word in raw``: one vectorised comparison per byte of ``word``."""
+    if len(raw) < max(_VECTOR_SCAN_BYTES, len(word)):
+        return word in raw
+    buffer = np.frombuffer(raw, np.uint8)
+    starts = len(buffer) - len(word) + 1
+    found = buffer[:starts] == word[0]
+    for offset in range(1, len(word)):
+        found &= buffer[offset : offset + starts] == word[offset]
+    return bool(found.any())
 
 
 def require(body: dict[str, Any], field: str, hint: str) -> Any:

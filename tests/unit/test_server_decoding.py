@@ -11,11 +11,15 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from mnist_server.decoding import (
     MAX_IMAGE_PIXELS,
     check_images,
+    contains,
+    count_byte,
     images_from_json,
     images_from_upload,
     numeric_array,
@@ -226,3 +230,26 @@ def test_a_string_in_v2_data_is_always_found(hidden: str) -> None:
 def test_an_envelope_too_large_to_walk_counts_as_holding_strings() -> None:
     body = parse_json(v2_body([0.5] * 784, parameters={"padding": list(range(1000))}))
     assert body.may_hold_strings_in(body.value["inputs"][0]["data"])
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    st.binary(max_size=40),
+    st.binary(max_size=40),
+    st.sampled_from([0, 100, 20_000]),
+    st.sampled_from([b"true", b"false", b",", b'"']),
+)
+def test_the_vectorised_body_scans_agree_with_bytes_methods(
+    head: bytes, tail: bytes, filler: int, word: bytes
+) -> None:
+    """count_byte and contains (NumPy on large bodies) say what bytes.count and `in` say, with
+    the word at either end, in the middle or absent, and whatever random bytes lie around it."""
+    bodies = (
+        head + b"1" * filler + tail,
+        word + b"2" * filler + head,
+        head + b" " * filler + word,
+        head + b"3" * filler + word + b"4" * filler + tail,
+    )
+    for raw in bodies:
+        assert contains(raw, word) == (word in raw)
+        assert count_byte(raw, word[:1]) == raw.count(word[:1])
