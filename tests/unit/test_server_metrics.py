@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess, values
+from prometheus_client import CollectorRegistry, multiprocess, values
 from prometheus_client.parser import text_string_to_metric_families
 from server_support import FakeModel, image_with_digit
 
 from mnist_server.app import create_app
-from mnist_server.metrics import CONFIDENCE_BUCKETS, PREDICT_ROUTES, ServerMetrics, observe_all
+from mnist_server.metrics import CONFIDENCE_BUCKETS, PREDICT_ROUTES, ServerMetrics
 from mnist_server.settings import Settings
 
 
@@ -99,47 +99,6 @@ def test_predictions_count_each_digit_and_bucket_each_top_class_probability() ->
     assert get("mnist_server_prediction_confidence_bucket", le="+Inf") == 3
     family = next(f for f in registry.collect() if f.name == "mnist_server_prediction_confidence")
     assert len([s for s in family.samples if s.name.endswith("_bucket")]) == len(CONFIDENCE_BUCKETS) + 1
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_observing_many_values_at_once_exposes_what_observing_each_does(dtype: Any) -> None:
-    """observe_all uses prometheus_client's private bucket and sum values: this pins that it
-    exposes the same counts and sum as observe() for every value, bounds and extremes included."""
-    rng = np.random.default_rng(7)
-    edge = [0.0, 0.2, 0.3, 0.95, 0.99, 0.999, 1.0, 1.5, -0.1, 1e9]
-    values_ = np.concatenate([rng.random(500), np.array(edge)]).astype(dtype)
-    one_by_one, at_once = CollectorRegistry(), CollectorRegistry()
-    each = Histogram("h", "h", buckets=CONFIDENCE_BUCKETS, registry=one_by_one)
-    for value in values_.tolist():
-        each.observe(value)
-    observe_all(Histogram("h", "h", buckets=CONFIDENCE_BUCKETS, registry=at_once), values_)
-    # Labelled children carry the same values: the request-duration histogram's kind.
-    labelled_each = Histogram("l", "l", ["endpoint"], buckets=(0.25, 0.5), registry=one_by_one)
-    labelled_all = Histogram("l", "l", ["endpoint"], buckets=(0.25, 0.5), registry=at_once)
-    for value in values_.tolist():
-        labelled_each.labels(endpoint="/predict").observe(value)
-    observe_all(labelled_all.labels(endpoint="/predict"), values_)
-    observe_all(labelled_all.labels(endpoint="/predict"), values_[:0])  # nothing: no change
-
-    def exposed(registry: CollectorRegistry) -> list[str]:
-        lines = generate_latest(registry).decode().splitlines()
-        return [line for line in lines if "_created" not in line and "_sum" not in line]
-
-    assert exposed(at_once) == exposed(one_by_one)
-    assert at_once.get_sample_value("h_count") == len(values_)
-    # The sum only to rounding: added in another order, in float64 whatever the values' type.
-    for name, labels in (("h_sum", {}), ("l_sum", {"endpoint": "/predict"})):
-        assert at_once.get_sample_value(name, labels) == pytest.approx(
-            one_by_one.get_sample_value(name, labels), rel=1e-12
-        )
-
-
-def test_a_nan_is_counted_in_no_bucket_as_observe_does() -> None:
-    registry = CollectorRegistry()
-    histogram = Histogram("h", "h", buckets=(0.5,), registry=registry)
-    observe_all(histogram, np.array([0.1, np.nan, 0.7]))
-    assert registry.get_sample_value("h_bucket", {"le": "0.5"}) == 1
-    assert registry.get_sample_value("h_bucket", {"le": "+Inf"}) == 2
 
 
 def test_the_prediction_routes_request_series_exist_from_start_up(server_app: Any) -> None:
