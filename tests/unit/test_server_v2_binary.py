@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from server_support import fake_digits, image_with_digit
+from test_server_app import v2_request
 
 from mnist_server.app import INLINE_DECODE_BYTES
 from mnist_server.settings import Settings
@@ -136,11 +137,5 @@ def test_a_large_binary_tensor_is_decoded_on_the_loop_and_large_json_on_a_thread
     with app.test_client() as client:
         assert post_binary(client, body, headers).status_code == 200
         assert app._decoder is None  # no decoding thread was needed
-        tensor = {
-            "name": "images",
-            "shape": [64, 28, 28],
-            "datatype": "FP32",
-            "data": images.ravel().tolist(),
-        }
-        assert client.post(V2, json={"inputs": [tensor]}).status_code == 200
+        assert client.post(V2, json=v2_request(images)).status_code == 200
         assert app._decoder is not None
