@@ -181,15 +181,6 @@ def _finish_all(finished: list[tuple[Pending, FloatArray | None, BaseException |
             loop.call_soon_threadsafe(_settle, items)
 
 
-def _idle(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether ``loop`` has next to nothing else to run: at most one ready callback (asyncio's
-    run queue; another loop implementation counts as busy). One, because a server thread waking
-    the loop (Granian hands each request over that way) leaves the loop's self-pipe reader
-    there: a lone request always finds it."""
-    ready = getattr(loop, "_ready", None)
-    return ready is not None and len(ready) <= 1
-
-
 def _settle(items: list[tuple[Pending, FloatArray | None, BaseException | None]]) -> None:
     for chunk, result, error in items:
         future = chunk.future
@@ -269,13 +260,13 @@ class MicroBatcher:
         timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
         if count > min(LOOP_REQUEST_IMAGES, self.config.max_batch_size) or self.config.max_wait_s > 0:
             return await self._predict_in_thread(images, loop, timeout_s)
-        gathering = self._gathering.get(loop)
-        if gathering is None and _idle(loop) and self._claim_idle_model(count):
-            # Nothing else to do on this loop: no reason to wait for its next turn.
-            return self._run_inline(images)
+        # A lone request waits for the next turn too: the server's loop (uvloop) does not show
+        # whether other work is ready. The extra turn costs nothing measurable: p50 0.77 ms at
+        # concurrency 1, as with asyncio's loop answering a lone request in the same turn.
         if self._closed:
             raise BatcherClosedError("the model server is shutting down")
         chunk = Pending(images, time.monotonic(), loop.create_future(), timeout_s)
+        gathering = self._gathering.get(loop)
         if gathering is None:
             gathering = self._gathering[loop] = []
             loop.call_soon(self._flush, loop)

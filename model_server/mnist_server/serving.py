@@ -72,9 +72,11 @@ def build_server(
         http1_settings=HTTP1Settings(keep_alive=True, header_read_timeout=settings.keep_alive_timeout * 1000),
         workers=settings.workers,
         blocking_threads=1,  # the one thread running the event loop (RSGI allows no other value)
-        # asyncio's own loop, even where uvloop is installed: the app reads its run queue
-        # (App.alone) to keep work off a busy loop.
-        loop=Loops.asyncio,
+        # uvloop (libuv) rather than asyncio's own loop: Granian hands each request over with a
+        # call into the loop from its Rust threads, and uvloop's is cheaper. Same machine, one
+        # worker, alternating runs: single images at c=32 4,100 vs 3,650 req/s (+12 %), batches
+        # of 64 +2-4 %, c=1 unchanged; at four times capacity 15 % more answered.
+        loop=Loops.uvloop,
         # asyncio's Task for the requests' coroutines. Granian's own ("rust", Python < 3.12) was
         # 20-30 % faster here but leaked about 2 KB per request (granian 2.8.9: +40 MB of RSS
         # after 18,000 requests, and every refused 4 MiB body kept).

@@ -399,22 +399,20 @@ def test_a_turns_requests_beyond_a_batch_run_in_the_next_turns() -> None:
     assert model.sizes() == [3, 3, 3]  # whole requests only: 3 + 3 does not fit in 4
 
 
-def test_a_lone_coroutine_on_an_idle_loop_is_answered_without_suspending() -> None:
-    model = FakeModel()
+def test_a_lone_coroutine_is_answered_in_the_next_turn_in_the_loops_thread() -> None:
+    model = ThreadRecordingModel()
     batcher = MicroBatcher(model)
 
-    async def scenario() -> object:
-        request = batcher.predict_async(images_with_ids([7]))
-        try:
-            request.send(None)  # one step: an inline answer finishes it, a gathered one suspends
-        except StopIteration as done:
-            return done.value
-        finally:
-            request.close()
-        return None
+    async def scenario() -> tuple[bool, np.ndarray]:
+        request = asyncio.ensure_future(batcher.predict_async(images_with_ids([7])))
+        await asyncio.sleep(0)  # this turn: the request is gathered, not yet run
+        gathered = not request.done() and model.batches == []
+        return gathered, await request
 
-    answer = asyncio.run(scenario())
-    assert isinstance(answer, np.ndarray) and int(answer[0, 0]) == 7
+    gathered, answer = asyncio.run(scenario())
+    assert gathered
+    assert int(answer[0, 0]) == 7
+    assert model.batches == [[7]] and model.threads == [threading.get_ident()]
 
 
 def test_coroutines_queue_for_the_thread_while_it_runs_the_model_and_can_time_out(model: FakeModel) -> None:

@@ -156,7 +156,7 @@ def test_cli_help_documents_every_variable(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_granian_serves_the_rsgi_app_with_the_settings() -> None:
-    from granian.constants import HTTPModes, Interfaces
+    from granian.constants import HTTPModes, Interfaces, Loops
 
     settings = Settings(
         host="127.0.0.1",
@@ -171,6 +171,7 @@ def test_granian_serves_the_rsgi_app_with_the_settings() -> None:
     assert (server.bind_addr, server.bind_port) == ("127.0.0.1", 8123)
     # The event loop reads bodies: slow clients hold no thread (threads only decode).
     assert server.interface == Interfaces.RSGI
+    assert server.loop == Loops.uvloop  # Granian's hand-over of a request costs less on it
     assert server.http == HTTPModes.http1
     assert (server.workers, server.blocking_threads) == (3, 1)
     # Idle keep-alive connections and header trickling are cut by hyper's header timeout, and
