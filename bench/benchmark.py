@@ -128,4 +128,7 @@ def robustness_scenarios(
     print(f"  overload: 4 x {capacity:.0f} req/s offered", flush=True)
     over = robustness.overload(base, port, single, capacity, seconds, probe_port=probe_port)
     print(f"    {over}", flush=True)
-    return {"slow_clients": slow, "overload": over}
+    print("  overload: the same flood against an app that only refuses (the floor here)", flush=True)
+    floor = robustness.refusal_floor(single, over, seconds)
+    print(f"    {floor}", flush=True)
+    return {"slow_clients": slow, "overload": over, "overload_floor": floor}

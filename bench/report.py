@@ -85,8 +85,9 @@ def notes_section(data: dict[str, Any]) -> list[str]:
         "- KServe runs one process (its default), on the same model.onnx and the same ONNX Runtime "
         "(and session options) as our onnx backend, so the ratio measures the serving stack alone.",
         "- Our server runs under Granian's RSGI interface: HTTP in Rust, each request on the worker's "
-        "asyncio event loop, JSON of lone small requests decoded on the loop, the model in the "
-        "micro-batcher's thread. One worker process is bound by the Python side of a request (JSON "
+        "event loop (uvloop), small JSON bodies decoded on the loop, one model call in the loop's "
+        "thread for the requests of a turn of the loop (in the micro-batcher's thread for large "
+        "requests). One worker process is bound by the Python side of a request (JSON "
         "and NumPy conversion, the glue, under the GIL); a second worker on the second core nearly "
         "doubles single-image throughput. Batches of 64 are bound by the model instead.",
     ]

@@ -8,7 +8,8 @@
   single-image rate it answered at 32 connections); an observer meanwhile sends a request at a
   time (a prediction, then each probe) and records what it got and how fast. Reported: the rate
   offered and answered, the share refused, and the observer's latencies of answered and refused
-  predictions and of probes.
+  predictions and of probes. Then the same flood against the floor (bench/refuse_all.py: a
+  Granian app that only answers 503), for what refusing costs here with no server behind it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import resource
+import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from devkit import free_port, wait_for
 
 BENCH = Path(__file__).resolve().parent
 TRICKLERS = 256
@@ -246,6 +252,50 @@ def overload(
         "answered_per_s": (stats["requests"] - refused) / duration,
         "refused_share": refused / max(1, stats["requests"]),
         "socket_errors": stats["errors"]["connect"] + stats["errors"]["read"] + stats["errors"]["timeout"],
+        "wrk_p50_ms": stats["latency_us"]["p50"] / 1000,
         "wrk_p99_ms": stats["latency_us"]["p99"] / 1000,
         "observer": {key: _percentiles(values) for key, values in sorted(observer.latencies.items())},
     }
+
+
+def refusal_floor(payload_dir: Path, overload_figures: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The flood of :func:`overload` (same connections, same pace) against bench/refuse_all.py,
+    served like our server (one worker, uvloop, HTTP/1): wrk's latency of its refusals."""
+    port = free_port()
+    command = [sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop"]
+    command += ["--workers", "1", "--http", "1", "--no-ws", "--log-level", "warning"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "refuse_all:app"]
+    server = subprocess.Popen(
+        command, cwd=BENCH, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_for(lambda: _answers(port), "the refusal floor server", timeout=30)
+        stats = run_wrk(
+            f"http://127.0.0.1:{port}/predict",
+            BENCH / "wrk" / "paced.lua",
+            overload_figures["connections"],
+            seconds,
+            str(payload_dir),
+            f"{overload_figures['delay_ms']:.3f}",
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    duration = stats["duration_us"] / 1e6
+    return {
+        "offered_per_s": stats["requests"] / duration,
+        "refused_share": stats["errors"]["status"] / max(1, stats["requests"]),
+        "wrk_p50_ms": stats["latency_us"]["p50"] / 1000,
+        "wrk_p99_ms": stats["latency_us"]["p99"] / 1000,
+    }
+
+
+def _answers(port: int) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("POST", "/predict", body=b"{}")
+        return connection.getresponse().status == 503
+    except OSError:
+        return False
+    finally:
+        connection.close()
