@@ -1,7 +1,7 @@
 """Running the app under Granian: WORKERS processes, each answering requests on an event loop.
 
 Granian parses HTTP and keeps connections alive in Rust, and hands the app each request through
-its RSGI interface, on the worker's asyncio event loop. The loop reads bodies as they arrive, so
+its RSGI interface, on the worker's event loop (uvloop). The loop reads bodies as they arrive, so
 slow or stalled clients hold no thread (a body has BODY_TIMEOUT seconds, headers and idle
 keep-alive connections KEEP_ALIVE_TIMEOUT); small requests are decoded on the loop and the
 requests of one turn of the loop share a model call in the loop's thread (see
