@@ -5,7 +5,7 @@ its RSGI interface, on the worker's event loop (uvloop). The loop reads bodies a
 slow or stalled clients hold no thread (a body has BODY_TIMEOUT seconds, headers and idle
 keep-alive connections KEEP_ALIVE_TIMEOUT); small requests are decoded on the loop and the
 requests of one turn of the loop share a model call in the loop's thread (see
-``mnist_server.batching``); images and large JSON bodies are decoded on THREADS decoding threads.
+``mnist_server.batching``); images are decoded on THREADS decoding threads, large JSON on one.
 (Before, the app ran under Granian's WSGI interface on THREADS request threads: four clients
 sending a body slowly pinned all four.)
 

@@ -35,8 +35,9 @@ class Settings:
     # for the kubelet's probes; 0: none. The operator's Deployments set 8081.
     probe_port: int = 0
     workers: int = 1
-    # Threads per worker that decode image uploads and large bodies; everything else runs on the
-    # worker's event loop. Also bounds the memory decoding can take at once (docs/server.md).
+    # Threads per worker that decode image uploads (JSON bodies above 64 KiB have one thread of
+    # their own); everything else runs on the worker's event loop. Also bounds the memory
+    # decoding can take at once (docs/server.md).
     threads: int = 4
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch: int = 128
@@ -184,7 +185,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "workers", _int_in(1, 64), "worker processes; each holds its own copy of TensorFlow and the model"
     ),
-    Variable("threads", _int_in(1, 256), "threads per worker decoding image uploads and large bodies"),
+    Variable("threads", _int_in(1, 256), "threads per worker decoding image uploads"),
     Variable("max_body_bytes", _int_in(1024, 1024**3), "largest request body accepted (413 above)"),
     Variable("max_batch", _int_in(1, 100_000), "most images accepted in one request (413 above)"),
     Variable("log_level", _log_level, "one of " + ", ".join(LOG_LEVELS)),
