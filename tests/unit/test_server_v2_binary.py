@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -14,11 +13,9 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from server_support import fake_digits, image_with_digit
-from test_server_app import png_bytes, v2_request
+from test_server_app import v2_request
 
-from mnist_server import app as app_module
 from mnist_server.app import INLINE_DECODE_BYTES
-from mnist_server.protocols import tutorial
 from mnist_server.settings import Settings
 
 V2 = "/v2/models/mnist/infer"
@@ -142,36 +139,3 @@ def test_a_large_binary_tensor_is_decoded_on_the_loop_and_large_json_on_a_thread
         assert app._json_decoder is None  # no decoding thread was needed
         assert client.post(V2, json=v2_request(images)).status_code == 200
         assert app._json_decoder is not None
-
-
-def test_uploads_are_decoded_on_threads_threads_and_large_json_on_one(
-    server_make_app: Callable[..., Any],
-    server_fake_model: Any,
-    server_settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Parsing JSON holds the GIL throughout, so large JSON bodies take one thread; the image
-    decoders release it for much of their work, so uploads get THREADS."""
-    settings = dataclasses.replace(server_settings, threads=3, max_batch=64, max_body_bytes=1 << 20)
-    app = server_make_app(server_fake_model, settings)
-    seen: dict[str, set[str]] = {"upload": set(), "json": set()}
-
-    def recorded(kind: str, parse: Callable[..., Any]) -> Callable[..., Any]:
-        def parse_and_record(*args: Any) -> Any:
-            seen[kind].add(threading.current_thread().name)
-            return parse(*args)
-
-        return parse_and_record
-
-    monkeypatch.setattr(app_module, "images_from_upload", recorded("upload", app_module.images_from_upload))
-    monkeypatch.setattr(tutorial, "parse_request", recorded("json", tutorial.parse_request))
-    digit = png_bytes((image_with_digit(3) * 255).round().astype(np.uint8))
-    body = json.dumps({"inputs": np.zeros((64, 28, 28)).tolist()})
-    assert len(body) > INLINE_DECODE_BYTES
-    with app.test_client() as client:
-        for _ in range(12):
-            assert client.post("/predict", data=digit, content_type="image/png").status_code == 200
-            assert client.post("/predict", data=body, content_type="application/json").status_code == 200
-    assert seen["json"] == {"decode-json_0"}
-    assert seen["upload"] and all(name.startswith("decode_") for name in seen["upload"])
-    assert app._decoder(upload=True)._max_workers == 3
