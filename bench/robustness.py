@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import servers
 from devkit import free_port, wait_for
 
 BENCH = Path(__file__).resolve().parent
@@ -269,9 +268,10 @@ def refusal_floor(payload_dir: Path, overload_figures: dict[str, Any], seconds: 
         command, cwd=BENCH, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        wait_for(lambda: _answers(port), "the refusal floor server", timeout=30)
+        url = f"http://127.0.0.1:{port}/predict"
+        wait_for(lambda: servers.post(url, b"{}", {}, timeout=2)[0] == 503, "the refusal floor server", 30)
         stats = run_wrk(
-            f"http://127.0.0.1:{port}/predict",
+            url,
             BENCH / "wrk" / "paced.lua",
             overload_figures["connections"],
             seconds,
@@ -279,8 +279,7 @@ def refusal_floor(payload_dir: Path, overload_figures: dict[str, Any], seconds: 
             f"{overload_figures['delay_ms']:.3f}",
         )
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        servers.stop(server)
     duration = stats["duration_us"] / 1e6
     return {
         "offered_per_s": stats["requests"] / duration,
@@ -288,14 +287,3 @@ def refusal_floor(payload_dir: Path, overload_figures: dict[str, Any], seconds: 
         "wrk_p50_ms": stats["latency_us"]["p50"] / 1000,
         "wrk_p99_ms": stats["latency_us"]["p99"] / 1000,
     }
-
-
-def _answers(port: int) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        connection.request("POST", "/predict", body=b"{}")
-        return connection.getresponse().status == 503
-    except OSError:
-        return False
-    finally:
-        connection.close()
