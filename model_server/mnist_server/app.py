@@ -146,6 +146,8 @@ class App:
         self.budget = BodyBudget(BODY_BUDGET_BODIES * settings.max_body_bytes)
         self.read_deadlines = ReadDeadlines(settings.body_timeout)
         self.heartbeat = LoopHeartbeat()
+        # Called with the worker's loop before it first runs (see serving._once_the_loop_runs).
+        self.before_serving: Callable[[asyncio.AbstractEventLoop], None] | None = None
         self._inflight = 0
         self._upload_decoder: ThreadPoolExecutor | None = None
         self._json_decoder: ThreadPoolExecutor | None = None
@@ -285,6 +287,8 @@ class App:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         """Granian calls this in each worker, before serving, with the loop the app runs on."""
         self.heartbeat.start(loop)
+        if self.before_serving is not None:
+            self.before_serving(loop)
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
         if scope.proto != "http":

@@ -262,20 +262,13 @@ class RepositoryModel:
             self._batcher.close()
 
 
-def load_in_background(
-    model: Model,
-    on_ready: Callable[[], None] | None = None,
-    before_load: Callable[[], None] | None = None,
-) -> threading.Thread:
+def load_in_background(model: Model, on_ready: Callable[[], None] | None = None) -> threading.Thread:
     """Load without blocking the worker, so liveness answers while the model loads.
 
     A daemon thread: a SIGTERM during a slow load must not wait for TensorFlow to finish.
-    ``before_load`` runs first, in that thread (e.g. to wait until the server is serving).
     """
 
     def run() -> None:
-        if before_load is not None:
-            before_load()
         try:
             model.load()
         except ModelLoadError:

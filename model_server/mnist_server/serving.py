@@ -30,7 +30,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,9 @@ from mnist_server.repository import ModelVersion
 from mnist_server.settings import Settings
 
 if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable
+
     from mnist_server.app import App
     from mnist_server.shutdown import DrainingServer, Lifecycle
 
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_DIR_PREFIX = "mnist-server-metrics-"
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def build_server(
@@ -113,10 +116,10 @@ def build_worker_app(
     settings: Settings, model_version: ModelVersion, multiprocess_dir: Path | None, lifecycle: Lifecycle
 ) -> App:
     """In a worker process, after the fork: the app, with the model loading in the background."""
-    # Until Granian installs its own handlers (after this returns), SIGTERM would reach the handler
+    # Until the worker's loop runs (see _once_the_loop_runs), SIGTERM would reach the handler
     # inherited from the master, which does nothing in a worker: the worker would ignore it and be
     # killed only after GRACEFUL_TIMEOUT. Nothing has been served yet, so leaving at once is right.
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _STOP_SIGNALS:
         signal.signal(signum, _exit_before_serving)
     from prometheus_client import CollectorRegistry, disable_created_metrics
 
@@ -144,7 +147,8 @@ def build_worker_app(
     if multiprocess_dir is None:
         app = create_app(settings, model, CollectorRegistry(), draining=lifecycle.draining)
         _start_probe_listener(settings, app)
-        load_in_background(model, on_ready=lifecycle.mark_ready, before_load=_wait_until_serving)
+        load = partial(load_in_background, model, on_ready=lifecycle.mark_ready)
+        app.before_serving = _once_the_loop_runs(load)
         return app
     group = WorkerGroup(multiprocess_dir, settings.workers)
     forget_dead_workers(multiprocess_dir, group)
@@ -163,7 +167,7 @@ def build_worker_app(
         group.mark_ready(pid)
         lifecycle.mark_ready()
 
-    load_in_background(model, on_ready=on_ready, before_load=_wait_until_serving)
+    app.before_serving = _once_the_loop_runs(partial(load_in_background, model, on_ready=on_ready))
     return app
 
 
@@ -271,17 +275,31 @@ def _exit_before_serving(signum: int, frame: object) -> None:
     os._exit(0)
 
 
-def _wait_until_serving(timeout_s: float = 5.0) -> None:
-    """Hold the model load back until Granian has taken over the signals and started serving.
+def _once_the_loop_runs(start: Callable[[], object]) -> Callable[[asyncio.AbstractEventLoop], None]:
+    """For :attr:`App.before_serving`: ``start`` (the model load) in the loop's first turn, and
+    until then a SIGTERM or SIGINT still ends the worker at once.
 
-    Importing TensorFlow holds the GIL for long stretches. Started at once, it starved the
-    worker's main thread between Granian installing its SIGTERM handler and starting to serve; a
-    SIGTERM in that gap was lost (the worker ignored it and was killed after GRACEFUL_TIMEOUT).
+    Granian hands the two signals to the loop just before it calls this, but uvloop hears signals
+    only while it runs and drops one that arrives before: the worker ignored that SIGTERM, loaded
+    the model and was killed after GRACEFUL_TIMEOUT. So the early handler stays until the loop
+    turns. The load waits for that turn too: importing TensorFlow holds the GIL for long
+    stretches, and started earlier it slowed the main thread on its way to the loop.
     """
-    deadline = time.monotonic() + timeout_s
-    while signal.getsignal(signal.SIGTERM) is _exit_before_serving and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.05)  # from the handler to serving takes microseconds with the GIL free
+
+    def before_serving(loop: asyncio.AbstractEventLoop) -> None:
+        the_loops = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, _exit_before_serving)
+
+        def serving() -> None:
+            for signum, handler in the_loops.items():
+                signal.signal(signum, handler)
+                signal.siginterrupt(signum, False)  # as the loop had it: restart interrupted calls
+            start()
+
+        loop.call_soon(serving)
+
+    return before_serving
 
 
 def _granian_logging() -> dict[str, Any]:

@@ -97,19 +97,6 @@ def test_a_corrupt_version_fails_to_load_with_the_cause(server_tiny_model_root: 
         model.load()
 
 
-def test_the_background_load_runs_before_load_first_in_its_thread(server_tiny_model_root: Path) -> None:
-    model = RepositoryModel(resolve(server_tiny_model_root, "mnist"))
-    seen: list[tuple[str, LoadState]] = []
-
-    def before_load() -> None:
-        seen.append((threading.current_thread().name, model.state))
-
-    load_in_background(model, before_load=before_load).join(timeout=60)
-
-    assert seen == [("model-loader", LoadState.PENDING)]  # in the loader thread, before the load
-    assert model.ready
-
-
 def test_the_app_over_the_real_model_becomes_ready_and_serves_every_protocol(
     server_tiny_model_root: Path, server_make_app: Callable[..., Flask], server_registry: CollectorRegistry
 ) -> None:
