@@ -144,29 +144,28 @@ def build_worker_app(
             timeout_s=float(settings.timeout),
         ),
     )
+    on_ready: Callable[[], None]
     if multiprocess_dir is None:
         app = create_app(settings, model, CollectorRegistry(), draining=lifecycle.draining)
-        _start_probe_listener(settings, app)
-        load = partial(load_in_background, model, on_ready=lifecycle.mark_ready)
-        app.before_serving = _once_the_loop_runs(load)
-        return app
-    group = WorkerGroup(multiprocess_dir, settings.workers)
-    forget_dead_workers(multiprocess_dir, group)
-    app = create_app(
-        settings,
-        model,
-        CollectorRegistry(),
-        multiprocess_dir=multiprocess_dir,
-        readiness_gate=group.not_ready,
-        draining=lifecycle.draining,
-    )
+        on_ready = lifecycle.mark_ready
+    else:
+        group = WorkerGroup(multiprocess_dir, settings.workers)
+        forget_dead_workers(multiprocess_dir, group)
+        app = create_app(
+            settings,
+            model,
+            CollectorRegistry(),
+            multiprocess_dir=multiprocess_dir,
+            readiness_gate=group.not_ready,
+            draining=lifecycle.draining,
+        )
+        pid = os.getpid()
+
+        def on_ready() -> None:
+            group.mark_ready(pid)
+            lifecycle.mark_ready()
+
     _start_probe_listener(settings, app)
-    pid = os.getpid()
-
-    def on_ready() -> None:
-        group.mark_ready(pid)
-        lifecycle.mark_ready()
-
     app.before_serving = _once_the_loop_runs(partial(load_in_background, model, on_ready=on_ready))
     return app
 
