@@ -24,6 +24,7 @@ up after workers that are gone (their live gauges, their readiness markers).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -165,8 +166,17 @@ def build_worker_app(
             group.mark_ready(pid)
             lifecycle.mark_ready()
 
+    def when_loaded() -> None:
+        frozen = freeze_startup_heap()
+        log.info(
+            "worker %d is ready; the collector now skips the %d objects alive since start-up",
+            os.getpid(),
+            frozen,
+        )
+        on_ready()
+
     _start_probe_listener(settings, app)
-    app.before_serving = _once_the_loop_runs(partial(load_in_background, model, on_ready=on_ready))
+    app.before_serving = _once_the_loop_runs(partial(load_in_background, model, on_ready=when_loaded))
     return app
 
 
@@ -318,6 +328,21 @@ def _granian_logging() -> dict[str, Any]:
             },
         },
     }
+
+
+def freeze_startup_heap() -> int:
+    """Put every object alive once the model has loaded (modules, the runtime's objects, the
+    model) out of the cyclic garbage collector's reach, for good (``gc.freeze``); returns how many.
+
+    They live as long as the worker, yet each full collection walked them all. A flood keeps
+    enough request objects alive across collections to set off two full ones a second, and each
+    stalled the event loop for as long as the walk took: with TensorFlow's ~285,000 objects
+    120-160 ms (at four times capacity a 503's p99 was 144 ms, frozen 27 ms), with ONNX
+    Runtime's ~40,000 13-24 ms. Frozen, a full collection takes under 1 ms. Start-up's garbage
+    is collected first, so that none of it is kept."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def bound_malloc(threshold: int = 8 * 1024 * 1024, arenas: int = 2) -> bool:
