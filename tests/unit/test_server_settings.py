@@ -423,3 +423,17 @@ def test_what_lives_since_start_up_is_out_of_the_collectors_reach() -> None:
     assert int(left) < 1_000
     # Start-up's garbage was collected before the freeze, and what comes later still is.
     assert (start_up_collected, later_collected) == ("True", "True")
+
+
+def test_a_worker_lets_the_io_thread_take_the_gil_within_a_fraction_of_a_millisecond() -> None:
+    # Granian's I/O thread takes the GIL for every request it hands over; at CPython's default
+    # 5 ms a busy loop kept it (and every connection it serves) waiting.
+    code = (
+        "import sys\n"
+        "from mnist_server.serving import GIL_SWITCH_INTERVAL_S, prepare_worker_process\n"
+        "assert sys.getswitchinterval() == 0.005\n"
+        "prepare_worker_process()\n"
+        "print(round(sys.getswitchinterval(), 6), GIL_SWITCH_INTERVAL_S)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert run.stdout.split() == ["0.0002", "0.0002"]
