@@ -333,10 +333,11 @@ def _granian_logging() -> dict[str, Any]:
 # How long the loop's thread may keep the GIL while another thread waits for it (CPython's default
 # is 5 ms). Granian's I/O thread takes the GIL to hand the loop each request, and the loop's thread
 # is busy most of the time under load: at 5 ms the I/O thread, and every connection it serves,
-# waited. At 0.2 ms, a flood at four times capacity is refused faster (503 p50 12-13 against
-# 14-16 ms, p99 21-23 against 27-38 ms) and 7-10 % more of it answered; throughput without a flood
-# is unchanged within the noise (single images at 1 and 32 connections, JSON batches of 64, and
-# the tensorflow backend).
+# waited. Shorter, a flood at four times capacity is refused faster and more of it answered (at
+# 0.5 ms against 5: wrk's p50 / p99 14-15 / 31-35 against 16-17 / 34-39 ms, 3-7 % more answered;
+# the 503's p99 21-23 ms at 0.2 against 24-28 at 0.5 and 29-34 at 1 ms; docs/server.md). Without
+# a flood, throughput is unchanged within the noise (single images at 1 and 32 connections, JSON
+# batches of 64, the tensorflow backend).
 GIL_SWITCH_INTERVAL_S = 0.0002
 
 
