@@ -384,10 +384,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 def test_parsing_a_json_batch_again_reuses_the_workers_heap() -> None:
     # orjson's buffer for a 64-image body is 4.4 MiB. Mapped afresh at each parse (a 1 MiB mmap
     # threshold) it cost ~1,000 page faults a request and made JSON batches 15 % slower.
-    run = subprocess.run(
-        [sys.executable, "-c", _PARSE_FAULTS], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert float(run.stdout) < 50, run.stdout
+    faults = _python_output(_PARSE_FAULTS)
+    assert float(faults) < 50, faults
 
 
 _FREEZE = """
@@ -415,10 +413,7 @@ print(frozen, left, start_up_garbage() is None, request_garbage() is None)
 def test_what_lives_since_start_up_is_out_of_the_collectors_reach() -> None:
     # A full collection walked every object of the worker: with TensorFlow's, a 120-160 ms stall
     # of the loop, twice a second under a flood.
-    run = subprocess.run(
-        [sys.executable, "-c", _FREEZE], capture_output=True, text=True, timeout=60, check=True
-    )
-    frozen, left, start_up_collected, later_collected = run.stdout.split()
+    frozen, left, start_up_collected, later_collected = _python_output(_FREEZE).split()
     assert int(frozen) > 50_000
     assert int(left) < 1_000
     # Start-up's garbage was collected before the freeze, and what comes later still is.
@@ -435,5 +430,10 @@ def test_a_worker_lets_the_io_thread_take_the_gil_within_a_fraction_of_a_millise
         "prepare_worker_process()\n"
         "print(round(sys.getswitchinterval(), 6), GIL_SWITCH_INTERVAL_S)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert run.stdout.split() == ["0.0002", "0.0002"]
+    assert _python_output(code).split() == ["0.0002", "0.0002"]
+
+
+def _python_output(script: str) -> str:
+    """What ``script`` prints, run in a fresh interpreter (process-wide settings stay there)."""
+    command = [sys.executable, "-c", script]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
