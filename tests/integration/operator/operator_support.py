@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 import yaml
-from testkit import free_port, wait_for
+from testkit import WaitTimeoutError, free_port, wait_for
 
 from localcluster import OPERATOR_USER, REPO_ROOT, LocalCluster
 
@@ -200,8 +200,11 @@ class Kube:
         return {c["type"]: c for c in (self.model(name).get("status") or {}).get("conditions") or []}
 
     def wait_ready(self, name: str, *, version: str | None = None, timeout: float = 90.0) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+
         def ready() -> dict[str, Any] | None:
             body = self.model(name)
+            last["body"] = body
             status = body.get("status") or {}
             conds = {c["type"]: c for c in status.get("conditions") or []}
             ok = (
@@ -211,8 +214,27 @@ class Kube:
             )
             return body if ok else None
 
-        return wait_for(
-            ready, f"MnistModel {name} Ready" + (f" serving {version}" if version else ""), timeout
+        what = f"MnistModel {name} Ready" + (f" serving {version}" if version else "")
+        try:
+            return wait_for(ready, what, timeout)
+        except WaitTimeoutError as exc:
+            # Whether the operator gave up, is behind, or reports what it sees: the status says which.
+            raise WaitTimeoutError(f"{exc}; last seen: {self.describe(last.get('body'))}") from None
+
+    def describe(self, body: dict[str, Any] | None) -> str:
+        """A model's generation, status and Deployment in one line, for a failed wait's message."""
+        if body is None:
+            return "nothing read"
+        status = body.get("status") or {}
+        conditions = "; ".join(
+            f"{c['type']}={c['status']} {c.get('reason', '')}: {c.get('message', '')}"
+            for c in status.get("conditions") or []
+        )
+        deployment = self.get("deployment", body["metadata"]["name"]) or {}
+        return (
+            f"generation {body['metadata'].get('generation')}, observedGeneration "
+            f"{status.get('observedGeneration')}, conditions [{conditions}], Deployment spec.replicas "
+            f"{(deployment.get('spec') or {}).get('replicas')} status {deployment.get('status')}"
         )
 
     def wait_condition(
