@@ -45,6 +45,7 @@ from mnist_server.errors import (
     Reason,
     TooLargeError,
     UnsupportedMediaTypeError,
+    error_body,
 )
 from mnist_server.http import (
     BodyBudget,
@@ -257,7 +258,7 @@ class App:
         log.log(
             level, "%s %s -> %d %s: %s", request.method, request.path[:200], error.status, error.reason, error
         )
-        response = json_response({"error": error.message, "reason": error.reason.value}, error.status)
+        response = json_response(error_body(error.message, error.reason), error.status)
         if error.retry_after is not None:
             response.headers.append(("retry-after", str(error.retry_after)))
         if isinstance(error, MethodNotAllowedError) and error.allowed:

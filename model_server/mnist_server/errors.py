@@ -37,6 +37,11 @@ class Reason(StrEnum):
     INTERNAL = "internal"
 
 
+def error_body(message: str, reason: Reason) -> dict[str, str]:
+    """The JSON of every error answer: the app's (``App.error_response``) and the probe port's."""
+    return {"error": message, "reason": reason.value}
+
+
 class ApiError(Exception):
     """An error a client sees: ``status`` is the HTTP status, ``reason`` the metric label."""
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-from mnist_server.errors import Reason
+from mnist_server.errors import Reason, error_body
 from mnist_server.http import Request, Response, decode_path, json_response
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def _bad_request(message: str) -> Response:
 
 def _error(status: HTTPStatus, reason: Reason, message: str) -> Response:
     """An error of the listener's own (the app's errors come with the app's response)."""
-    return json_response({"error": message, "reason": reason.value}, status)
+    return json_response(error_body(message, reason), status)
 
 
 async def _send(
