@@ -15,6 +15,7 @@ import contextlib
 import json
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -42,11 +43,19 @@ def assert_converged(
     kube: Kube, names: list[str], replicas: dict[str, int] | None = None, timeout: float = 120
 ) -> None:
     """Every model Ready for its current generation, with exactly its children: one Deployment (at
-    the wanted replicas, one ReplicaSet, as many pods) and one Service each, nothing else of ours."""
+    the wanted replicas, one ReplicaSet, as many pods) and one Service each, nothing else of ours.
+
+    `timeout` is for all of them, not for the first only (any model can be the last to recover),
+    and each still gets 30 s once it has passed. Once the API server is back, the
+    controller-manager's informers wait out client-go's reflector backoff (up to 30 s, jittered up
+    to twice that) before they watch again; until then a Deployment's status stays behind its
+    ReplicaSet's, and the operator, reporting the Deployment, rightly says "0 available" (seen: a
+    model Ready 40 s after another).
+    """
     replicas = replicas or {}
+    deadline = time.monotonic() + timeout
     for name in names:
-        kube.wait_ready(name, timeout=timeout)
-        timeout = 30  # the first wait covers the fault's recovery; the others are quick
+        kube.wait_ready(name, timeout=max(deadline - time.monotonic(), 30.0))
     models = {m["metadata"]["name"] for m in items(kube, "mnistmodels")}
     assert models == set(names), "a model was lost (or one appeared)"
 

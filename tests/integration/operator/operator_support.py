@@ -230,11 +230,18 @@ class Kube:
             f"{c['type']}={c['status']} {c.get('reason', '')}: {c.get('message', '')}"
             for c in status.get("conditions") or []
         )
-        deployment = self.get("deployment", body["metadata"]["name"]) or {}
+        name = body["metadata"]["name"]
+        deployment = self.get("deployment", name) or {}
+        listed = self.kubectl("get", "pods", "-l", f"app.kubernetes.io/instance={name}", "-o", "json")
+        pods = ", ".join(
+            f"{pod['metadata']['name']} {pod['status'].get('phase')} on {pod['spec'].get('nodeName')}"
+            for pod in json.loads(listed.stdout)["items"]
+        )
         return (
             f"generation {body['metadata'].get('generation')}, observedGeneration "
             f"{status.get('observedGeneration')}, conditions [{conditions}], Deployment spec.replicas "
-            f"{(deployment.get('spec') or {}).get('replicas')} status {deployment.get('status')}"
+            f"{(deployment.get('spec') or {}).get('replicas')} status {deployment.get('status')}, "
+            f"pods [{pods}]"
         )
 
     def wait_condition(
