@@ -5,11 +5,12 @@
   measures ``/healthz``, ``/readyz`` (GET, 4 connections) and ``/predict`` (8 connections), and
   the same three are measured without the tricklers first: the usual latency.
 - **Overload:** wrk paces 960 connections so that they offer four times the server's capacity (the
-  single-image rate it answered at 32 connections); an observer meanwhile sends a request at a
-  time (a prediction, then each probe) and records what it got and how fast. Reported: the rate
-  offered and answered, the share refused, and the observer's latencies of answered and refused
-  predictions and of probes. Then the same flood against the floor (bench/refuse_all.py: a
-  Granian app that only answers 503), for what refusing costs here with no server behind it.
+  single-image rate it answered at 32 connections); meanwhile one observer sends predictions one
+  at a time, back to back, and another the probes, and they record what they got and how fast.
+  Reported: the rate offered and answered, the share refused, and the observers' latencies of
+  answered and refused predictions and of probes. Then the same flood against the floor
+  (bench/refuse_all.py: a Granian app that only answers 503), for what refusing costs here with no
+  server behind it.
 """
 
 from __future__ import annotations
@@ -170,24 +171,15 @@ PROBE_PORT_PREFIX = "probe port "
 
 
 class Observer(threading.Thread):
-    """A request at a time, as a client would see them under load: a prediction, then each probe,
-    and each probe again on the probe port if the server has one (keys ``probe port /healthz
-    200``)."""
+    """Requests one at a time, each on a new connection, as a client would see them under load:
+    ``requests`` in turn, then ``pause`` seconds, until ``done``; latencies keyed by what came back
+    (``/predict 503``; ``probe port /healthz 200`` for a probe on the server's probe port)."""
 
     def __init__(
-        self, port: int, body: bytes, headers: dict[str, str], probe_port: int | None = None
+        self, requests: list[tuple[int, str, str, str]], body: bytes, headers: dict[str, str], pause: float
     ) -> None:
         super().__init__(daemon=True)
-        self.body, self.headers = body, headers
-        self.requests = [
-            (port, "POST", "/predict", ""),
-            (port, "GET", "/healthz", ""),
-            (port, "GET", "/readyz", ""),
-        ]
-        if probe_port is not None:
-            self.requests += [
-                (probe_port, "GET", path, PROBE_PORT_PREFIX) for path in ("/healthz", "/readyz")
-            ]
+        self.requests, self.body, self.headers, self.pause = requests, body, headers, pause
         self.latencies: dict[str, list[float]] = {}
         self.done = threading.Event()
 
@@ -208,7 +200,21 @@ class Observer(threading.Thread):
                 finally:
                     connection.close()
                 self.latencies.setdefault(key, []).append((time.perf_counter() - started) * 1000)
-            time.sleep(0.01)
+            time.sleep(self.pause)
+
+
+def observers(port: int, body: bytes, probe_port: int | None) -> list[Observer]:
+    """One for predictions, back to back, so that a refusal's p99 rests on as many samples as the
+    run allows (one outlier decided it when predictions took turns with four probes: some seventy
+    samples in 5 s). One for the probes, each in turn with 10 ms between turns, on the probe port
+    too if the server has one."""
+    probes = [(port, "GET", "/healthz", ""), (port, "GET", "/readyz", "")]
+    if probe_port is not None:
+        probes += [(probe_port, "GET", path, PROBE_PORT_PREFIX) for path in ("/healthz", "/readyz")]
+    return [
+        Observer([(port, "POST", "/predict", "")], body, JSON_HEADERS, pause=0.0),
+        Observer(probes, body, JSON_HEADERS, pause=0.01),
+    ]
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -229,8 +235,9 @@ def overload(
     offered = 4 * capacity
     delay_ms = 1000 * connections / offered
     body = next(iter(sorted(payload_dir.glob("*.body")))).read_bytes()
-    observer = Observer(port, body, JSON_HEADERS, probe_port)
-    observer.start()
+    watching = observers(port, body, probe_port)
+    for observer in watching:
+        observer.start()
     stats = run_wrk(
         base + "/predict",
         BENCH / "wrk" / "paced.lua",
@@ -239,8 +246,11 @@ def overload(
         str(payload_dir),
         f"{delay_ms:.3f}",
     )
-    observer.done.set()
-    observer.join(60)
+    latencies: dict[str, list[float]] = {}
+    for observer in watching:
+        observer.done.set()
+        observer.join(60)
+        latencies.update(observer.latencies)  # their keys differ: /predict, and the probes
     duration = stats["duration_us"] / 1e6
     refused = stats["errors"]["status"]
     return {
@@ -253,7 +263,7 @@ def overload(
         "socket_errors": stats["errors"]["connect"] + stats["errors"]["read"] + stats["errors"]["timeout"],
         "wrk_p50_ms": stats["latency_us"]["p50"] / 1000,
         "wrk_p99_ms": stats["latency_us"]["p99"] / 1000,
-        "observer": {key: _percentiles(values) for key, values in sorted(observer.latencies.items())},
+        "observer": {key: _percentiles(values) for key, values in sorted(latencies.items())},
     }
 
 

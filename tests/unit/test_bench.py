@@ -127,3 +127,55 @@ def test_the_overload_target_judges_the_probes_where_the_kubelet_sends_them(figu
     observed["probe port /readyz 200"] = {"count": 60, "p50_ms": 2.0, "p99_ms": 7.5}
     assert "probe port probes p99 7.5 ms" in overload_row()
     assert "| probe port /healthz p50 / p99 ms |" in report.render(data)
+
+
+def test_the_overload_observers_sample_refusals_back_to_back_and_probes_on_both_ports() -> None:
+    """The refusal's p99 is judged from the prediction observer's samples: it must not wait its
+    turn behind the probes (a p99 of some seventy samples is their worst)."""
+    import http.server
+    import threading
+    import time
+
+    import robustness
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    port, probe_port = (server.server_address[1] for server in servers)
+    try:
+        watching = robustness.observers(port, b"{}", probe_port)
+        for observer in watching:
+            observer.start()
+        time.sleep(0.5)
+        for observer in watching:
+            observer.done.set()
+            observer.join(5)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    predictions, probes = (observer.latencies for observer in watching)
+    assert set(predictions) == {"/predict 503"}
+    assert set(probes) == {
+        "/healthz 200",
+        "/readyz 200",
+        "probe port /healthz 200",
+        "probe port /readyz 200",
+    }
+    # No pause between predictions: several times as many as any probe gets in the same time.
+    assert len(predictions["/predict 503"]) > 3 * len(probes["/healthz 200"])
