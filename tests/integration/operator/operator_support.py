@@ -219,10 +219,14 @@ class Kube:
             return wait_for(ready, what, timeout)
         except WaitTimeoutError as exc:
             # Whether the operator gave up, is behind, or reports what it sees: the status says which.
-            raise WaitTimeoutError(f"{exc}; last seen: {self.describe(last.get('body'))}") from None
+            try:
+                seen = self.describe(last.get("body"))
+            except subprocess.CalledProcessError as error:  # the API server is down, say: keep the timeout
+                seen = f"(could not describe it: {error})"
+            raise WaitTimeoutError(f"{exc}; last seen: {seen}") from None
 
     def describe(self, body: dict[str, Any] | None) -> str:
-        """A model's generation, status and Deployment in one line, for a failed wait's message."""
+        """A model's generation, status, Deployment and pods in one line, for a failed wait's message."""
         if body is None:
             return "nothing read"
         status = body.get("status") or {}
