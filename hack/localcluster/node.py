@@ -397,14 +397,14 @@ def _kill_matching(name: str, needle: str) -> list[str]:
     return killed
 
 
-def _cgroup_dirs() -> list[Path]:
+def _cgroup_dirs(base: Path = Path("/sys/fs/cgroup")) -> list[Path]:
     """Every pod cgroup under CGROUP_ROOT, deepest first, across the v1 hierarchies."""
     found: list[Path] = []
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        root = hierarchy / CGROUP_ROOT.lstrip("/")
-        if root.is_dir():
-            # cgroupfs shows knobs as files: only directories are cgroups.
-            found += [p for p in root.rglob("*") if p.is_dir()] + [root]
+    for hierarchy in base.iterdir():
+        # cgroupfs shows knobs as files: only directories are cgroups. os.walk skips a directory
+        # that vanishes while it walks (the kubelet or a reaper removing a pod's cgroup); rglob
+        # would raise.
+        found += [Path(d) for d, _, _ in os.walk(hierarchy / CGROUP_ROOT.lstrip("/"))]
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
