@@ -213,5 +213,7 @@ def test_a_gateway_on_a_cluster_without_the_http_route_api_is_reported(
     op_kube.apply(mnist_model("nogw", exposure={"enabled": True, "gateway": {"name": "public"}}))
     missing = op_kube.wait_condition("nogw", "ExposureReady", "False", "GatewayAPIMissing")
     assert "gateway.networking.k8s.io/v1 HTTPRoute API is not served" in missing["message"]
-    assert op_kube.conditions("nogw")["Available"]["status"] == "True"  # the model itself serves
+    # The model itself serves. The missing API is reported at the first reconcile, before the
+    # Deployment's pods are available, so this waits rather than reads.
+    op_kube.wait_condition("nogw", "Available", "True")
     assert op_kube.get("ingress", "nogw") is None
