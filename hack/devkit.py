@@ -3,10 +3,12 @@ port on loopback, waiting until something is so, and waiting until a URL answers
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,10 +33,12 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """
     below_ephemeral = range(_LOWEST_PORT, _ephemeral_low())
     chosen: list[int] = []
-    with contextlib.ExitStack() as held:  # held until all are chosen: none handed out twice
+    with _LOCK, contextlib.ExitStack() as held:  # held until all are chosen: none handed out twice
         for candidate in _RANDOM.sample(below_ephemeral, k=min(count * 50, len(below_ephemeral))):
             if len(chosen) == count:
                 break
+            if candidate in _RECENT:
+                continue
             sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
                 sock.bind((host, candidate))
@@ -45,6 +49,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind((host, 0))
             chosen.append(int(sock.getsockname()[1]))
+        _RECENT.extend(chosen)
     return chosen
 
 
@@ -63,6 +68,11 @@ def _ephemeral_low() -> int:
 # Registered ports (IANA: 1024-49151) well above the well-known services a test host may run.
 _LOWEST_PORT = 20000
 _RANDOM = random.SystemRandom()
+# The ports handed out lately. A caller often asks for two ports one at a time and binds neither
+# before the second call (an operator's health and metrics ports): free again, the first port
+# could be drawn again (once in ~12,000 draws; an operator in CI got both on one port).
+_RECENT: collections.deque[int] = collections.deque(maxlen=1024)
+_LOCK = threading.Lock()
 
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:

@@ -85,3 +85,9 @@ def test_a_port_in_use_is_never_handed_out() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         assert all(port not in free_ports(20) for _ in range(50))
+
+
+def test_ports_asked_for_one_at_a_time_are_not_handed_out_twice() -> None:
+    # None is bound in between, as when a caller picks a server's two ports before starting it.
+    ports = [free_port() for _ in range(1000)]
+    assert len(set(ports)) == 1000
