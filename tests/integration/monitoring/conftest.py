@@ -73,6 +73,11 @@ def traffic(model_server: str) -> Iterator[dict[str, int]]:
     rng = np.random.default_rng(11)
     sent: dict[str, int] = {"ok": 0, "client_error": 0}
     stop = threading.Event()
+    # Not from the environment: requests would read the proxy variables for every call, iterating
+    # os.environ while pytest sets PYTEST_CURRENT_TEST for the next test, and a KeyError from that
+    # race ended this thread in CI, leaving the later tests without traffic.
+    session = requests.Session()
+    session.trust_env = False
 
     def one_round() -> None:
         image = rng.random((28, 28), dtype=np.float32)
@@ -98,7 +103,7 @@ def traffic(model_server: str) -> Iterator[dict[str, int]]:
             ("/predict", {"inputs": [[2.0] * 28] * 28}),  # out of range: a 400
         ]
         for path, body in calls:
-            status = requests.post(model_server + path, json=body, timeout=10).status_code
+            status = session.post(model_server + path, json=body, timeout=10).status_code
             sent["ok" if status < 400 else "client_error"] += 1
 
     def loop() -> None:
@@ -114,6 +119,7 @@ def traffic(model_server: str) -> Iterator[dict[str, int]]:
     finally:
         stop.set()
         worker.join(15)
+        session.close()
 
 
 @pytest.fixture(scope="module")
