@@ -337,7 +337,8 @@ def _granian_logging() -> dict[str, Any]:
 # 0.5 ms against 5: wrk's p50 / p99 14-15 / 31-35 against 16-17 / 34-39 ms, 3-7 % more answered;
 # the 503's p99 21-23 ms at 0.2 against 24-28 at 0.5 and 29-34 at 1 ms; docs/server.md). Without
 # a flood, throughput is unchanged within the noise (single images at 1 and 32 connections, JSON
-# batches of 64, the tensorflow backend).
+# batches of 64, the tensorflow backend). Shorter still (0.1, 0.05, 0.02 ms) changed nothing: two
+# floods each, one sitting, 503 p50 29-42 ms against 37-40 at 0.2 ms, within the noise.
 GIL_SWITCH_INTERVAL_S = 0.0002
 
 
