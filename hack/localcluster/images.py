@@ -232,7 +232,7 @@ def _context_entries(dockerfile: str) -> list[str]:
     """What each Dockerfile COPYs from the context (.dockerignore lets in no more than this)."""
     common = ["pyproject.toml", "README.md", ".dockerignore", dockerfile]
     if dockerfile == "Dockerfile.server":
-        return [*common, "model_server", "models"]
+        return [*common, "model_server", "models", "wheels"]
     return [*common, "operator"]
 
 
@@ -285,6 +285,18 @@ def prune(repository: str, keep: int = KEEP_BUILDS) -> None:
         subprocess.run(["buildah", "rmi", "--prune"], capture_output=True, check=False)
 
 
+def granian_wheel(log: Path) -> Path:
+    """The server's Granian (third_party/granian), in the context's wheels/ for Dockerfile.server
+    to install: hack/build-granian.sh, cached (a no-op when warm). The base's Python is the
+    host's Debian bookworm 3.11, so a wheel built for this interpreter fits it."""
+    with log.open("a") as out:
+        done = subprocess.run(["bash", str(REPO_ROOT / "hack" / "build-granian.sh"), sys.executable],
+                              stdout=subprocess.PIPE, stderr=out, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise ClusterError("images", f"hack/build-granian.sh failed (exit {done.returncode})", _tail(log))
+    return Path(done.stdout.strip())
+
+
 def build_all(log: Path, *, models: Path | None = None) -> Images:
     """The base image and both shipped images (each only if its inputs changed).
 
@@ -293,6 +305,7 @@ def build_all(log: Path, *, models: Path | None = None) -> Images:
     """
     check_tools()
     log.parent.mkdir(parents=True, exist_ok=True)
+    granian_wheel(log)
     base = build_base(log)
     operator_ref = dockerfile_reference("Dockerfile.operator", OPERATOR_REPOSITORY, base, {})
     build_dockerfile("Dockerfile.operator", operator_ref, base, {}, log=log)

@@ -1,0 +1,4 @@
+from granian.cli import entrypoint
+
+
+entrypoint()

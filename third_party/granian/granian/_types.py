@@ -1,0 +1,6 @@
+class WebsocketMessage:
+    kind: int
+    data: bytes | str
+
+
+SSLCtx = tuple[bool, str | None, str | None, str | None, str, str | None, list[str], bool]

@@ -1,0 +1,5 @@
+mod callbacks;
+mod http;
+mod io;
+pub(crate) mod serve;
+mod types;
