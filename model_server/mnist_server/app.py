@@ -47,6 +47,7 @@ from mnist_server.errors import (
     UnsupportedMediaTypeError,
     error_body,
 )
+from mnist_server.fast_refusals import FastRefusals
 from mnist_server.http import (
     BodyBudget,
     BodyBudgetError,
@@ -83,6 +84,8 @@ INLINE_DECODE_BYTES = 64 * 1024
 LOOP_STALL_SECONDS = 10.0
 # Bytes of request bodies a worker holds at once, in units of MAX_BODY_BYTES (docs/server.md).
 BODY_BUDGET_BODIES = 8
+# How often the refusals Granian made (before they reached Python) are added to the metrics.
+REFUSALS_COUNTED_EVERY_S = 1.0
 
 _MODEL = "<name>"
 _VERSION = "<name>/versions/<version>"
@@ -150,6 +153,8 @@ class App:
         # Called with the worker's loop before it first runs (see serving._once_the_loop_runs).
         self.before_serving: Callable[[asyncio.AbstractEventLoop], None] | None = None
         self._inflight = 0
+        self.fast_refusals = FastRefusals.of_granian()
+        self._refused_seen = 0
         self._upload_decoder: ThreadPoolExecutor | None = None
         self._json_decoder: ThreadPoolExecutor | None = None
         self._wsgi_loops = threading.local()
@@ -250,6 +255,25 @@ class App:
                 f"({PREFIX}MAX_INFLIGHT); retry later"
             )
 
+    def _start_fast_refusals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have Granian refuse the POSTs beyond ``MAX_INFLIGHT`` before they reach Python (see
+        ``mnist_server.fast_refusals``), with the answer this app would give."""
+        limit = self.settings.max_inflight
+        error = OverloadedError(
+            f"this worker is already handling its limit of {limit} requests ({PREFIX}MAX_INFLIGHT); "
+            "retry later"
+        )
+        if not self.fast_refusals.start(limit, json_response(error_body(error.message, error.reason)).body):
+            log.info("Granian without fast refusals (third_party/granian): refusals are made in Python")
+            return
+        loop.call_later(REFUSALS_COUNTED_EVERY_S, self._count_fast_refusals, loop)
+
+    def _count_fast_refusals(self, loop: asyncio.AbstractEventLoop) -> None:
+        refused = self.fast_refusals.refused()
+        self.metrics.observe_refused_on_arrival(refused - self._refused_seen)
+        self._refused_seen = refused
+        loop.call_later(REFUSALS_COUNTED_EVERY_S, self._count_fast_refusals, loop)
+
     def error_response(self, request: Request, error: ApiError) -> Response:
         """The one place an error becomes a response: JSON, its status, counted by reason."""
         self.metrics.observe_error(error.reason)
@@ -288,6 +312,7 @@ class App:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         """Granian calls this in each worker, before serving, with the loop the app runs on."""
         self.heartbeat.start(loop)
+        self._start_fast_refusals(loop)
         if self.before_serving is not None:
             self.before_serving(loop)
 
@@ -309,6 +334,9 @@ class App:
                 budget=self.budget,
                 held=held,
             )
+            # While it reads, this request does not count against Granian's limit (a slow body
+            # must not hold a place); from its last byte to its answer, it does.
+            self.fast_refusals.reading(1)
             try:
                 return await self.read_deadlines.read(reading)
             except TimeoutError:
@@ -327,6 +355,8 @@ class App:
                 raise InvalidInputError(
                     "the client closed the connection before sending the whole body"
                 ) from None
+            finally:
+                self.fast_refusals.reading(-1)
 
         try:
             response = await self.respond(request, receive)

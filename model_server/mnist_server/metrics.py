@@ -22,6 +22,8 @@ from mnist_server.repository import NUM_CLASSES, ModelSource
 PREFIX = "mnist_server_"
 # Label value for requests that matched no route: keeps the endpoint label bounded.
 UNMATCHED = "unmatched"
+# The endpoint label of the requests refused before routing (mnist_server.fast_refusals).
+REFUSED_ON_ARRIVAL = "(refused on arrival)"
 
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -160,6 +162,13 @@ class ServerMetrics:
 
     def observe_error(self, reason: Reason) -> None:
         self._error_counters[reason].inc()
+
+    def observe_refused_on_arrival(self, count: int) -> None:
+        """POSTs refused 503 ``overloaded`` before they reached Python (their route unknown, their
+        time next to nothing: counted in the requests and errors, not in the durations)."""
+        if count > 0:
+            self.requests.labels(endpoint=REFUSED_ON_ARRIVAL, status_class="5xx").inc(count)
+            self._error_counters[Reason.OVERLOADED].inc(count)
 
 
 def exposition_registry(registry: CollectorRegistry, multiprocess_dir: Path | None) -> CollectorRegistry:

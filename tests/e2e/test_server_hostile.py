@@ -2,8 +2,8 @@
 
 - 256 connections trickling their headers or their bodies a byte at a time hold no thread:
   probes and predictions keep answering quickly; a stalled body is cut with a JSON 408 after
-  BODY_TIMEOUT, trickled headers and idle keep-alive connections are closed after
-  KEEP_ALIVE_TIMEOUT.
+  BODY_TIMEOUT (or, arriving in a burst beyond MAX_INFLIGHT, refused at once with a 503),
+  trickled headers and idle keep-alive connections are closed after KEEP_ALIVE_TIMEOUT.
 - A burst far beyond MAX_INFLIGHT gets fast JSON 503s with Retry-After for the excess, answers
   the rest, and the probes stay fast meanwhile.
 """
@@ -172,16 +172,26 @@ def test_slow_and_stalled_clients_hold_no_thread_and_are_cut_in_time(server: Ser
 
     attack.join(BODY_TIMEOUT_S + KEEP_ALIVE_S + 30)
     assert len(outcome["body"]) == len(outcome["headers"]) == 128
+    cut = 0
     for seconds, answer in outcome["body"]:
+        if answer.startswith(b"HTTP/1.1 503 "):
+            # Arrived in the burst while more than MAX_INFLIGHT requests were waiting for the
+            # worker: refused at once, before its body was read (Granian's fast refusals).
+            assert b'"reason":"overloaded"' in answer
+            assert seconds < 1.5, seconds
+            continue
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         assert b'"reason":"body_timeout"' in answer
         assert b"connection: close" in answer.lower()
         assert BODY_TIMEOUT_S - 0.5 <= seconds <= BODY_TIMEOUT_S + 3, seconds
+        cut += 1
+    # Far more bodies held while they trickled than requests admitted at once (32).
+    assert cut >= 64, cut
     for seconds, answer in outcome["headers"]:
         assert answer == b""  # closed without an answer: the request never began
         assert seconds <= KEEP_ALIVE_S + 3, seconds
     metrics = requests.get(f"{server.url}/metrics", timeout=TIMEOUT_S).text
-    assert 'mnist_server_errors_total{reason="body_timeout"} 128.0' in metrics
+    assert f'mnist_server_errors_total{{reason="body_timeout"}} {cut}.0' in metrics
 
 
 def test_idle_keep_alive_connections_are_closed(server: Server) -> None:
@@ -256,3 +266,73 @@ def test_a_burst_beyond_the_admission_limit_gets_fast_json_503s(model_root: Path
     assert all(status == 200 for status, _ in probes)
     assert statistics.median(seconds for _, seconds in probes) < 0.1
     assert "Traceback" not in server.log(), server.log()
+
+
+def refused_on_arrival(url: str) -> tuple[float, float]:
+    """/metrics: requests refused before they reached Python, and all ``overloaded`` errors."""
+    text = requests.get(f"{url}/metrics", timeout=TIMEOUT_S).text
+    values = {"arrival": 0.0, "overloaded": 0.0}
+    for line in text.splitlines():
+        if line.startswith('mnist_server_requests_total{endpoint="(refused on arrival)"'):
+            values["arrival"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith('mnist_server_errors_total{reason="overloaded"}'):
+            values["overloaded"] = float(line.rsplit(" ", 1)[1])
+    return values["arrival"], values["overloaded"]
+
+
+def test_granian_refuses_the_excess_before_python_and_a_body_being_read_holds_no_place(
+    model_root: Path, tmp_path: Path
+) -> None:
+    """The server's Granian build (third_party/granian) refuses POSTs beyond MAX_INFLIGHT on its
+    I/O thread, with the app's JSON 503; /metrics counts them under the endpoint "(refused on
+    arrival)". A body still arriving does not count: with MAX_INFLIGHT=1 and four bodies
+    trickling, a prediction is still answered."""
+    from mnist_server.fast_refusals import FastRefusals
+
+    assert FastRefusals.of_granian().available, "the venv's Granian is upstream's (run make install)"
+    server = start(model_root, tmp_path, max_inflight="1", threads="1", drain_delay="0")
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    try:
+        head = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        trickling = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        for connection in trickling:
+            # One at a time: each is reading its body (so not counted) before the next arrives.
+            connection.sendall(head + b"Content-Length: %d\r\n\r\n{" % len(IMAGE))
+            time.sleep(0.2)
+        headers = {"Content-Type": "application/json"}
+        answer = requests.post(f"{server.url}/predict", data=IMAGE, headers=headers, timeout=TIMEOUT_S)
+        assert answer.status_code == 200, answer.text
+        for connection in trickling:
+            connection.close()
+
+        def client() -> None:
+            with requests.Session() as session:
+                for _ in range(25):
+                    response = session.post(
+                        f"{server.url}/predict", data=IMAGE, headers=headers, timeout=TIMEOUT_S
+                    )
+                    if response.status_code == 503:
+                        assert response.headers["Retry-After"] == "1"
+                        assert response.json()["reason"] == "overloaded"
+                    with lock:
+                        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+        clients = [threading.Thread(target=client) for _ in range(16)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(TIMEOUT_S)
+        assert set(statuses) == {200, 503}, statuses
+        # Every 503, Granian's and the app's own, counted once (Granian's within a second).
+        deadline = time.monotonic() + 5
+        arrival, overloaded = refused_on_arrival(server.url)
+        while overloaded != statuses[503] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            arrival, overloaded = refused_on_arrival(server.url)
+        assert overloaded == statuses[503], (overloaded, statuses)
+        assert 0 < arrival <= statuses[503], (arrival, statuses)
+    finally:
+        stop(server)
+    assert "Traceback" not in server.log(), server.log()
+    assert "without fast refusals" not in server.log()
