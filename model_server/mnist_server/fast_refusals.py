@@ -13,10 +13,7 @@ in Python, as before).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 class FastRefusals:
